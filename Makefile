@@ -1,0 +1,46 @@
+# Taskbus: `make up` runs the whole system here (no Docker needed); `make test` runs every test.
+SHELL := /bin/bash
+export UV_CACHE_DIR ?= $(CURDIR)/var/uv-cache
+export PATH := $(HOME)/.local/bin:$(PATH)
+PY := uv run --frozen --no-sync python
+STACK := $(PY) -m deploy.local.stack
+
+.PHONY: install up up-infra down status logs lint format test test-unit test-integration bench
+
+install: ## install what the local stack needs (cached under var/)
+	@deploy/local/install.sh
+
+up: install ## start everything, wait until healthy, print URLs
+	@$(STACK) up
+
+up-infra: install ## only Kafka, FerretDB, Redis and the SMTP sink
+	@$(STACK) up --infra
+
+down: ## stop everything; no process left behind
+	@$(STACK) down
+
+status: ## state and health of every part
+	@$(STACK) status
+
+logs: ## tail every log (make logs PART=kafka FOLLOW=1)
+	@$(STACK) logs $(PART) $(if $(FOLLOW),-f)
+
+lint: install ## ruff, ruff format --check, mypy --strict, import-linter
+	uv run --frozen --no-sync ruff check .
+	uv run --frozen --no-sync ruff format --check .
+	uv run --frozen --no-sync mypy .
+	uv run --frozen --no-sync lint-imports
+
+format: install
+	uv run --frozen --no-sync ruff check --fix .
+	uv run --frozen --no-sync ruff format .
+
+test: lint ## lint, then unit, integration and e2e tests against the real stack
+	$(PY) -m pytest tests/unit
+	$(STACK) with-infra -- $(PY) -m pytest tests/integration tests/e2e
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+test-integration: install
+	$(STACK) with-infra -- $(PY) -m pytest tests/integration tests/e2e

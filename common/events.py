@@ -1,0 +1,174 @@
+"""Event contracts: the CloudEvents 1.0 envelope, every payload, and the topic names.
+
+Events are keyed by the owning user's id so that one user's events stay in order on one partition.
+"""
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field
+
+# Logical topic names; the physical name is `settings.topic(name)` (a prefix isolates test runs).
+USERS_TOPIC = "taskbus.users"
+TASKS_TOPIC = "taskbus.tasks"
+# The notifier's own retry ladder and dead-letter topic.
+NOTIFIER_RETRY_TOPIC = "taskbus.notifier.retry"
+NOTIFIER_DLQ_TOPIC = "taskbus.notifier.dlq"
+
+TaskStatus = Literal["todo", "in_progress", "done"]
+TaskPriority = Literal["low", "medium", "high", "urgent"]
+
+
+class Payload(BaseModel):
+    """Base of every event payload: frozen, strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    event_type: ClassVar[str]
+    topic: ClassVar[str]
+
+
+class UserRegistered(Payload):
+    """A new account exists; the notifier sends the welcome email."""
+
+    event_type: ClassVar[str] = "user.registered.v1"
+    topic: ClassVar[str] = USERS_TOPIC
+    user_id: str
+    email: EmailStr
+    name: str
+
+
+class PasswordResetRequested(Payload):
+    """Someone asked to reset this account's password; the notifier mails the link."""
+
+    event_type: ClassVar[str] = "user.password_reset_requested.v1"
+    topic: ClassVar[str] = USERS_TOPIC
+    user_id: str
+    email: EmailStr
+    name: str
+    reset_token: str
+    expires_at: AwareDatetime
+
+
+class SessionsRevoked(Payload):
+    """Sessions ended before their access tokens expire; the gateway refuses them from now on.
+
+    `session_ids` empty means every session of the user issued before `revoked_before`.
+    """
+
+    event_type: ClassVar[str] = "user.sessions_revoked.v1"
+    topic: ClassVar[str] = USERS_TOPIC
+    user_id: str
+    session_ids: tuple[str, ...] = ()
+    revoked_before: AwareDatetime
+    reason: Literal["logout", "logout_all", "password_changed", "refresh_reuse", "password_reset"]
+
+
+class TaskSnapshot(BaseModel):
+    """The task as it stands after the change (what consumers need, nothing internal)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    id: str
+    owner: str
+    title: str
+    status: TaskStatus
+    priority: TaskPriority
+    due_at: AwareDatetime | None = None
+    tags: tuple[str, ...] = ()
+    version: int
+
+
+class TaskCreated(Payload):
+    """A task was created."""
+
+    event_type: ClassVar[str] = "task.created.v1"
+    topic: ClassVar[str] = TASKS_TOPIC
+    task: TaskSnapshot
+
+
+class TaskUpdated(Payload):
+    """A task's fields changed; `changed` names them."""
+
+    event_type: ClassVar[str] = "task.updated.v1"
+    topic: ClassVar[str] = TASKS_TOPIC
+    task: TaskSnapshot
+    changed: tuple[str, ...]
+
+
+class TaskCompleted(Payload):
+    """A task moved to done."""
+
+    event_type: ClassVar[str] = "task.completed.v1"
+    topic: ClassVar[str] = TASKS_TOPIC
+    task: TaskSnapshot
+
+
+class TaskDeleted(Payload):
+    """A task was deleted."""
+
+    event_type: ClassVar[str] = "task.deleted.v1"
+    topic: ClassVar[str] = TASKS_TOPIC
+    task_id: str
+    owner: str
+
+
+class TaskDueSoon(Payload):
+    """A task comes due within the reminder lead time (emitted once per due date)."""
+
+    event_type: ClassVar[str] = "task.due_soon.v1"
+    topic: ClassVar[str] = TASKS_TOPIC
+    task: TaskSnapshot
+
+
+PAYLOAD_TYPES: dict[str, type[Payload]] = {
+    cls.event_type: cls
+    for cls in (
+        UserRegistered,
+        PasswordResetRequested,
+        SessionsRevoked,
+        TaskCreated,
+        TaskUpdated,
+        TaskCompleted,
+        TaskDeleted,
+        TaskDueSoon,
+    )
+}
+
+
+class Envelope(BaseModel):
+    """CloudEvents 1.0 structured envelope, with the W3C trace context that caused the event."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(min_length=1, max_length=64)
+    source: str = Field(min_length=1, max_length=200)
+    type: str = Field(min_length=1, max_length=100)
+    time: AwareDatetime
+    subject: str = Field(min_length=1, max_length=64)
+    datacontenttype: Literal["application/json"] = "application/json"
+    traceparent: str | None = None
+    data: dict[str, Any]
+
+    def payload(self) -> Payload:
+        """The typed payload; raises KeyError for an unknown type, ValidationError for bad data."""
+        return PAYLOAD_TYPES[self.type].model_validate(self.data)
+
+    @property
+    def key(self) -> bytes:
+        """The Kafka message key: the owning user's id."""
+        return self.subject.encode()
+
+
+def new_event(
+    payload: Payload, *, source: str, subject: str, traceparent: str | None = None
+) -> Envelope:
+    """Wrap a payload in a fresh envelope with a unique id."""
+    return Envelope(
+        id=str(uuid.uuid4()),
+        source=source,
+        type=payload.event_type,
+        time=datetime.now(UTC),
+        subject=subject,
+        traceparent=traceparent,
+        data=payload.model_dump(mode="json"),
+    )

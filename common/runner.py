@@ -1,0 +1,36 @@
+"""Starts a service process the same way everywhere: logging, tracing, uvicorn on uvloop."""
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import uvicorn
+import uvloop
+from starlette.types import ASGIApp
+
+from common.settings import ServiceSettings
+from common.telemetry import setup_logging, setup_tracing
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def run_service(settings: S, create_app: Callable[[S], ASGIApp]) -> None:
+    """Serve `create_app(settings)` until SIGTERM/SIGINT, then flush traces."""
+    setup_logging(settings)
+    provider = setup_tracing(settings)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=20,
+    )
+    try:
+        uvloop.run(uvicorn.Server(config).serve())
+    finally:
+        provider.shutdown()

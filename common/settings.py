@@ -1,0 +1,63 @@
+"""Settings every Taskbus process shares; each service subclasses with its own env prefix."""
+
+from typing import Literal
+
+from pydantic import SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+Environment = Literal["dev", "test", "production"]
+
+
+class ServiceSettings(BaseSettings):
+    """Infrastructure endpoints and process options.
+
+    A value is read from `<SERVICE>_<NAME>` first, then from the shared `TASKBUS_<NAME>`, so one
+    variable can point every service at the same Kafka while a single service can still differ.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid")
+
+    service_name: str = "taskbus"
+    environment: Environment = "dev"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    # Prepended to every topic name so that test runs can share one broker without crosstalk.
+    topic_prefix: str = ""
+    kafka_partitions: int = 6
+    mongo_url: str = "mongodb://127.0.0.1:27017/?directConnection=true"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "taskbus:"
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    # Where spans go when no OTLP endpoint is configured (JSON lines, one file per process).
+    trace_dir: str = "var/traces"
+    trace_sample_ratio: float = 1.0
+    sentry_dsn: SecretStr | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Service prefix wins over the shared TASKBUS_ prefix."""
+        shared = EnvSettingsSource(settings_cls, env_prefix="TASKBUS_")
+        return init_settings, env_settings, shared, dotenv_settings, file_secret_settings
+
+    def topic(self, name: str) -> str:
+        """The physical Kafka topic for a logical topic name."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def is_production(self) -> bool:
+        """True when dev defaults must be refused."""
+        return self.environment == "production"

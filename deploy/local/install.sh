@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs what the local stack needs, once; every download and build is cached under var/.
+# Idempotent: a second run only checks stamps and returns in about a second.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+VAR=${TASKBUS_CACHE:-$ROOT/var}
+KAFKA_POM=deploy/local/kafka/pom.xml
+FERRETDB_VERSION=v1.24.2
+mkdir -p "$VAR/bin" "$VAR/log"
+
+say() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
+need() { command -v "$1" >/dev/null 2>&1 || { echo "install: '$1' is required ($2)" >&2; exit 1; }; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Python environment (uv, one lock file).
+if ! command -v uv >/dev/null 2>&1; then
+  say "uv: installing from PyPI"
+  python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+  export PATH="$HOME/.local/bin:$PATH"
+fi
+export UV_CACHE_DIR="$VAR/uv-cache"
+uv sync --frozen --quiet
+
+# Redis from Debian's package.
+if ! command -v redis-server >/dev/null 2>&1; then
+  say "redis-server: installing Debian's package"
+  as_root apt-get install -y -q redis-server >"$VAR/log/install-redis.log" 2>&1 || {
+    as_root apt-get update -q >>"$VAR/log/install-redis.log" 2>&1
+    as_root apt-get install -y -q redis-server >>"$VAR/log/install-redis.log" 2>&1
+  }
+  # Debian starts a system redis on 6379; the stack runs its own, so stop that one.
+  as_root systemctl disable --now redis-server >/dev/null 2>&1 || as_root service redis-server stop >/dev/null 2>&1 || true
+fi
+
+# Apache Kafka: broker jars and runtime dependencies from Maven Central.
+kafka_stamp="$VAR/kafka/libs/.pom-$(sha256sum "$KAFKA_POM" | cut -c1-16)"
+if [ ! -f "$kafka_stamp" ]; then
+  need mvn "Maven fetches Kafka's jars"; need java "Kafka runs on Java 17"
+  say "kafka: fetching jars with Maven (first time only)"
+  rm -rf "$VAR/kafka/libs"
+  mvn -q -B -f "$KAFKA_POM" -Dmaven.repo.local="$VAR/m2" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$VAR/kafka/libs" >"$VAR/log/install-kafka.log" 2>&1 \
+    || { echo "install: Maven could not fetch Kafka; see $VAR/log/install-kafka.log" >&2; exit 1; }
+  touch "$kafka_stamp"
+fi
+
+# FerretDB, built with Go from the module proxy. Building inside the module's own tree needs
+# build/version/version.txt (the release tarballs generate it), so we copy the module and write it.
+if [ "$("$VAR/bin/ferretdb" --version 2>/dev/null | awk '/^version:/{print $2}')" != "$FERRETDB_VERSION" ]; then
+  need go "FerretDB is built from source"
+  say "ferretdb: building $FERRETDB_VERSION with Go (first time only, a few minutes)"
+  export GOMODCACHE="$VAR/go/mod" GOCACHE="$VAR/go/cache" GOFLAGS=-modcacherw GOTOOLCHAIN=local
+  src=$(go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$VAR/ferretdb/src" && mkdir -p "$VAR/ferretdb" && cp -r "$src" "$VAR/ferretdb/src"
+  chmod -R u+w "$VAR/ferretdb/src"
+  echo "$FERRETDB_VERSION" >"$VAR/ferretdb/src/build/version/version.txt"
+  (cd "$VAR/ferretdb/src" && go build -trimpath -o "$VAR/bin/ferretdb" ./cmd/ferretdb) \
+    >"$VAR/log/install-ferretdb.log" 2>&1 \
+    || { echo "install: FerretDB build failed; see $VAR/log/install-ferretdb.log" >&2; exit 1; }
+  rm -rf "$VAR/ferretdb/src"
+fi
