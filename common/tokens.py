@@ -1,0 +1,182 @@
+"""Access tokens: claims, signing (auth) and verification (gateway and services).
+
+Verification follows RFC 8725: one pinned algorithm, explicit `typ`, `iss`/`aud` checked, keys only
+from the configured JWKS (never from `jku`/`x5u`/`jwk` headers), bounded leeway.
+"""
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+import jwt
+from jwt import PyJWK
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+# RS256: verification runs on every request and costs ~39 µs vs ~212 µs for EdDSA on this machine
+# (DESIGN.md); signing runs once per login/refresh, so verify speed decides.
+ALGORITHM = "RS256"
+ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - RFC 9068 media type: refresh or ID tokens can never pass as access
+MAX_LEEWAY_S = 30
+_FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
+
+
+class TokenError(Exception):
+    """Any reason a token is not accepted. Callers answer one uniform 401, whatever the reason."""
+
+
+class AccessClaims(BaseModel):
+    """The claims of a Taskbus access token."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    iss: str
+    aud: str
+    sub: str
+    exp: int
+    iat: int
+    nbf: int
+    jti: str
+    sid: str
+
+
+class KeySource(Protocol):
+    """Where verification keys come from (a JWKS endpoint, or a fixed set in tests)."""
+
+    async def key(self, kid: str) -> PyJWK | None:
+        """The key with this id, or None if it is not (or no longer) published."""
+
+
+class StaticKeys:
+    """A fixed JWKS (tests, or a key set mounted from a file)."""
+
+    def __init__(self, jwks: Mapping[str, Any]) -> None:
+        self._keys = _parse_jwks(jwks)
+
+    async def key(self, kid: str) -> PyJWK | None:
+        """Look the kid up in the fixed set."""
+        return self._keys.get(kid)
+
+
+class JwksCache:
+    """Keys fetched from a JWKS endpoint, cached, refetched when an unknown `kid` appears.
+
+    Refetches are rate limited so a flood of tokens with random kids cannot hammer auth.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[Mapping[str, Any]]],
+        *,
+        max_age_s: float = 300.0,
+        min_refresh_interval_s: float = 5.0,
+    ) -> None:
+        self._fetch = fetch
+        self._max_age_s = max_age_s
+        self._min_interval_s = min_refresh_interval_s
+        self._keys: dict[str, PyJWK] = {}
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def key(self, kid: str) -> PyJWK | None:
+        """The cached key, refreshing on a miss (at most once per interval) or when stale."""
+        now = time.monotonic()
+        stale = now - self._fetched_at > self._max_age_s
+        if kid in self._keys and not stale:
+            return self._keys[kid]
+        if stale or now - self._fetched_at > self._min_interval_s:
+            await self._refresh(now)
+        return self._keys.get(kid)
+
+    async def _refresh(self, asked_at: float) -> None:
+        async with self._lock:
+            if self._fetched_at >= asked_at:  # another waiter refreshed meanwhile
+                return
+            try:
+                self._keys = _parse_jwks(await self._fetch())
+            finally:
+                self._fetched_at = time.monotonic()
+
+
+def _parse_jwks(jwks: Mapping[str, Any]) -> dict[str, PyJWK]:
+    keys = {}
+    for entry in jwks.get("keys", []):
+        if (
+            entry.get("kid")
+            and entry.get("alg", ALGORITHM) == ALGORITHM
+            and entry.get("use", "sig") == "sig"
+        ):
+            keys[entry["kid"]] = PyJWK(entry, algorithm=ALGORITHM)
+    return keys
+
+
+class TokenVerifier:
+    """Verifies access tokens against a key source, with claims pinned to one issuer/audience."""
+
+    def __init__(self, keys: KeySource, *, issuer: str, audience: str, leeway_s: int = 10) -> None:
+        if not 0 <= leeway_s <= MAX_LEEWAY_S:
+            raise ValueError(f"leeway must be within 0..{MAX_LEEWAY_S}s")
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway_s
+
+    async def verify(self, token: str) -> AccessClaims:
+        """The token's claims if it is a valid, current access token; TokenError otherwise."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise TokenError("malformed token") from exc
+        if header.get("alg") != ALGORITHM or header.get("typ") != ACCESS_TOKEN_TYPE:
+            raise TokenError("wrong algorithm or type")
+        if _FORBIDDEN_HEADERS & header.keys():
+            raise TokenError("key-location headers are not honoured")
+        kid = header.get("kid")
+        key = await self._keys.key(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise TokenError("unknown key")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["iss", "aud", "sub", "exp", "iat", "nbf", "jti", "sid"]},
+            )
+            return AccessClaims.model_validate(claims)
+        except (jwt.PyJWTError, ValidationError) as exc:
+            raise TokenError("invalid token") from exc
+
+
+def sign_access_token(
+    private_key: Any,
+    kid: str,
+    *,
+    issuer: str,
+    audience: str,
+    subject: str,
+    session_id: str,
+    ttl_s: int,
+    now: float | None = None,
+) -> tuple[str, AccessClaims]:
+    """Sign a new access token; returns the compact JWT and its claims."""
+    issued = int(now if now is not None else time.time())
+    claims = AccessClaims(
+        iss=issuer,
+        aud=audience,
+        sub=subject,
+        iat=issued,
+        nbf=issued,
+        exp=issued + ttl_s,
+        jti=uuid.uuid4().hex,
+        sid=session_id,
+    )
+    token = jwt.encode(
+        claims.model_dump(),
+        private_key,
+        algorithm=ALGORITHM,
+        headers={"kid": kid, "typ": ACCESS_TOKEN_TYPE},
+    )
+    return token, claims
