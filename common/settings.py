@@ -33,6 +33,10 @@ class ServiceSettings(BaseSettings):
     mongo_url: str = "mongodb://127.0.0.1:27017/?directConnection=true"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "taskbus:"
+    # Access tokens: who issues them, for whom, and where the verification keys are published.
+    jwt_issuer: str = "https://auth.taskbus.local"
+    jwt_audience: str = "taskbus"
+    jwks_url: str = "http://127.0.0.1:8001/.well-known/jwks.json"
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     # Where spans go when no OTLP endpoint is configured (JSON lines, one file per process).

@@ -9,7 +9,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from common.tokens import ALGORITHM, AccessClaims, StaticKeys, TokenVerifier, sign_access_token
 
-ISSUER = "https://auth.taskbus.test"
+ISSUER = "https://auth.taskbus.local"
 AUDIENCE = "taskbus"
 
 
