@@ -60,3 +60,13 @@ if [ "$("$VAR/bin/ferretdb" --version 2>/dev/null | awk '/^version:/{print $2}')
     || { echo "install: FerretDB build failed; see $VAR/log/install-ferretdb.log" >&2; exit 1; }
   rm -rf "$VAR/ferretdb/src"
 fi
+
+# The Compose Specification's JSON schema (from compose-go, via the Go module proxy): lets the tests
+# validate compose.yaml offline, since no Docker engine or compose plugin runs here.
+COMPOSE_GO=github.com/compose-spec/compose-go/v2@v2.16.2
+if [ ! -f "$VAR/schemas/compose-spec.json" ]; then
+  need go "the compose schema comes from the Go module proxy"
+  export GOMODCACHE="$VAR/go/mod" GOFLAGS=-modcacherw GOTOOLCHAIN=local
+  dir=$(go mod download -json "$COMPOSE_GO" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  mkdir -p "$VAR/schemas" && cp "$dir/schema/compose-spec.json" "$VAR/schemas/compose-spec.json"
+fi
