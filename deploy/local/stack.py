@@ -196,10 +196,10 @@ def logs(stack: Stack, part: str | None, follow: bool) -> None:
     os.execvp("tail", ["tail", "-n", "40", *(["-F"] if follow else []), *files])  # noqa: S606
 
 
-def print_urls(stack: Stack) -> None:
+def print_urls(stack: Stack, *, infra_only: bool) -> None:
     """Where everything listens."""
-    print("\nTaskbus is up:")
-    for part in stack.all_parts:
+    print("\nTaskbus infrastructure is up:" if infra_only else "\nTaskbus is up:")
+    for part in stack.infra if infra_only else stack.all_parts:
         print(f"  {part.name:<9} {part.url}")
     print(f"\nlogs: {stack.log_dir}/  mail: {stack.mail_dir}/  traces: {stack.trace_dir}/")
 
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "up":
             up(stack, infra_only=args.infra)
-            print_urls(stack)
+            print_urls(stack, infra_only=args.infra)
         elif args.cmd == "down":
             down(stack)
         elif args.cmd == "status":
