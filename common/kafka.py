@@ -1,15 +1,31 @@
 """Kafka plumbing: the broker every service uses, topic creation, publishing envelopes."""
 
 from collections.abc import Iterable
+from functools import cache
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import REGISTRY
 
 from common.events import Envelope
 from common.settings import ServiceSettings
 
 _TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
+_tracer = trace.get_tracer("taskbus.kafka")
+
+
+@cache
+def _prometheus_middleware() -> KafkaPrometheusMiddleware:
+    # One per process: its metric families can be registered only once.
+    return KafkaPrometheusMiddleware(
+        registry=REGISTRY, app_name="taskbus", metrics_prefix="taskbus"
+    )
 
 
 def make_broker(settings: ServiceSettings) -> KafkaBroker:
@@ -25,6 +41,8 @@ def make_broker(settings: ServiceSettings) -> KafkaBroker:
         enable_idempotence=True,
         allow_auto_create_topics=False,
         graceful_timeout=15.0,
+        # Trace context travels in Kafka headers; publish/consume counts go to /metrics.
+        middlewares=[KafkaTelemetryMiddleware(), _prometheus_middleware()],
     )
 
 
@@ -53,8 +71,19 @@ async def ensure_topics(settings: ServiceSettings, names: Iterable[str]) -> None
 async def publish(
     broker: KafkaBroker, settings: ServiceSettings, topic: str, event: Envelope
 ) -> None:
-    """Publish one envelope, keyed by its subject, and wait for the broker's acknowledgement."""
+    """Publish one envelope, keyed by its subject, and wait for the broker's acknowledgement.
+
+    An envelope written earlier (an outbox entry) carries the traceparent of the request that made
+    it; publishing under that parent keeps one trace from the HTTP request to the consumer.
+    """
     headers = {"ce_type": event.type, "ce_id": event.id}
+    parent = None
     if event.traceparent:
-        headers["traceparent"] = event.traceparent
-    await broker.publish(event, topic=settings.topic(topic), key=event.key, headers=headers)
+        parent = TraceContextTextMapPropagator().extract({"traceparent": event.traceparent})
+    with _tracer.start_as_current_span(
+        f"relay {event.type}",
+        context=parent,
+        kind=SpanKind.INTERNAL,
+        attributes={"cloudevents.event_id": event.id, "cloudevents.event_type": event.type},
+    ):
+        await broker.publish(event, topic=settings.topic(topic), key=event.key, headers=headers)

@@ -8,7 +8,7 @@ import uvloop
 from starlette.types import ASGIApp
 
 from common.settings import ServiceSettings
-from common.telemetry import setup_logging, setup_tracing
+from common.telemetry import instrument, setup_logging, setup_tracing
 
 S = TypeVar("S", bound=ServiceSettings)
 
@@ -18,7 +18,7 @@ def run_service(settings: S, create_app: Callable[[S], ASGIApp]) -> None:
     setup_logging(settings)
     provider = setup_tracing(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        instrument(create_app(settings), settings),
         host=settings.host,
         port=settings.port,
         loop="none",

@@ -12,11 +12,18 @@ from typing import Any
 
 import structlog
 from opentelemetry import trace
+from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.instrumentation.pymongo import PymongoInstrumentor
+from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from starlette.types import ASGIApp
 
+from common.metrics import MetricsMiddleware
 from common.settings import ServiceSettings
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -80,6 +87,23 @@ def setup_tracing(settings: ServiceSettings) -> TracerProvider:
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
     trace.set_tracer_provider(provider)
     return provider
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current span, to store with an outbox event."""
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)
+    return carrier.get("traceparent")
+
+
+def instrument(app: ASGIApp, settings: ServiceSettings) -> ASGIApp:
+    """Wrap an app with server spans and RED metrics, and trace its Mongo/Redis/HTTP clients."""
+    PymongoInstrumentor().instrument()
+    RedisInstrumentor().instrument()
+    AioHttpClientInstrumentor().instrument()
+    return OpenTelemetryMiddleware(
+        MetricsMiddleware(app, settings.service_name), excluded_urls="livez,readyz,metrics"
+    )
 
 
 def _add_trace_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:

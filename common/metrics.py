@@ -1,0 +1,62 @@
+"""Prometheus metrics: RED per route for every HTTP service, and `GET /metrics` in front of it."""
+
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+HTTP_REQUESTS = Counter(
+    "taskbus_http_requests_total",
+    "HTTP requests served, by route template and status.",
+    ["service", "method", "route", "status"],
+)
+HTTP_DURATION = Histogram(
+    "taskbus_http_request_duration_seconds",
+    "Time from request start to the last body byte, by route template.",
+    ["service", "method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+# Probes and scrapes would drown the signal; they are served but not counted.
+_UNCOUNTED = frozenset({"/livez", "/readyz", "/metrics"})
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware (no per-request Starlette objects) recording rate, errors, duration."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Time the request and label it with the matched route template, never the raw path."""
+        if scope["type"] == "http" and scope["path"] == "/metrics" and scope["method"] == "GET":
+            await _metrics_response(scope, receive, send)
+            return
+        if scope["type"] != "http" or scope["path"] in _UNCOUNTED:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            HTTP_REQUESTS.labels(self.service, method, template, str(status)).inc()
+            HTTP_DURATION.labels(self.service, method, template).observe(
+                time.perf_counter() - started
+            )
+
+
+async def _metrics_response(scope: Scope, receive: Receive, send: Send) -> None:
+    response = Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    await response(scope, receive, send)
