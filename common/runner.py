@@ -8,7 +8,7 @@ import uvloop
 from starlette.types import ASGIApp
 
 from common.settings import ServiceSettings
-from common.telemetry import instrument, setup_logging, setup_tracing
+from common.telemetry import instrument, setup_error_tracking, setup_logging, setup_tracing
 
 S = TypeVar("S", bound=ServiceSettings)
 
@@ -17,6 +17,7 @@ def run_service(settings: S, create_app: Callable[[S], ASGIApp]) -> None:
     """Serve `create_app(settings)` until SIGTERM/SIGINT, then flush traces."""
     setup_logging(settings)
     provider = setup_tracing(settings)
+    setup_error_tracking(settings)
     config = uvicorn.Config(
         instrument(create_app(settings), settings),
         host=settings.host,

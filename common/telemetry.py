@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import sentry_sdk
 import structlog
 from opentelemetry import trace
 from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
@@ -87,6 +88,22 @@ def setup_tracing(settings: ServiceSettings) -> TracerProvider:
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
     trace.set_tracer_provider(provider)
     return provider
+
+
+def setup_error_tracking(settings: ServiceSettings) -> bool:
+    """Report unhandled errors to Sentry, only when a DSN is configured; True if enabled."""
+    dsn = settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None
+    dsn = dsn or os.environ.get("SENTRY_DSN")
+    if not dsn:
+        return False
+    sentry_sdk.init(
+        dsn=dsn,
+        environment=settings.environment,
+        release=f"taskbus-{settings.service_name}",
+        send_default_pii=False,  # no emails, IPs or cookies leave the process
+        traces_sample_rate=0.0,  # traces go through OpenTelemetry
+    )
+    return True
 
 
 def current_traceparent() -> str | None:
