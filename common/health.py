@@ -4,6 +4,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -17,7 +18,9 @@ async def run_checks(checks: Mapping[str, Check]) -> dict[str, str]:
 
     async def one(check: Check) -> str:
         try:
-            await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
+            # Probes run every few seconds; their Mongo/Redis calls would bury real traces.
+            with suppress_instrumentation():
+                await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
         except TimeoutError:
             return f"timed out after {CHECK_TIMEOUT_S}s"
         except Exception as exc:  # noqa: BLE001 - any failure is "not ready", reported by name
