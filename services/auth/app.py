@@ -1,15 +1,71 @@
 """Composition root of the auth service."""
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.events import USERS_TOPIC
 from common.health import Check, health_routes
-from common.infra import open_broker, open_mongo, ping_kafka, ping_mongo
-from common.problems import install_problem_handlers
+from common.infra import open_broker, open_mongo, open_redis, ping_kafka, ping_mongo, ping_redis
+from common.problems import install_problem_handlers, problem_response
+from services.auth.api import jwks_router, router
+from services.auth.domain import Passwords
+from services.auth.events import OutboxRelay
+from services.auth.keys import KeyRing, generate_key, load_key, parse_key_ring
+from services.auth.sessions import Deps
 from services.auth.settings import AuthSettings
+from services.auth.storage import AuthStore
+from services.auth.throttle import LoginThrottle
+
+
+class BodyLimit:
+    """Refuse request bodies above `max_bytes` with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check Content-Length up front, count the bytes of a chunked body as they come."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            response = problem_response(413, f"request body exceeds {self.max_bytes} bytes")
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise HTTPException(413, f"request body exceeds {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+async def load_keys(settings: AuthSettings, store: AuthStore) -> KeyRing:
+    """The configured key ring; outside production, a development key shared through Mongo.
+
+    Replicas must sign with the same key or the JWKS one serves would not verify another's tokens;
+    a per-process key or a local file cannot give that across hosts, the shared database can.
+    """
+    if settings.signing_keys is not None:
+        return parse_key_ring(settings.signing_keys.get_secret_value())
+    if settings.is_production:
+        raise RuntimeError("AUTH_SIGNING_KEYS must be set in production")
+    proposal = await asyncio.to_thread(generate_key)
+    kid, pem = await store.dev_key(proposal.kid, proposal.pem())
+    return KeyRing(load_key(kid, pem))
 
 
 def create_app(settings: AuthSettings) -> FastAPI:
@@ -17,15 +73,51 @@ def create_app(settings: AuthSettings) -> FastAPI:
     checks: dict[str, Check] = {}
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             mongo = await stack.enter_async_context(open_mongo(settings))
+            redis = await stack.enter_async_context(open_redis(settings))
             broker = await stack.enter_async_context(open_broker(settings, [USERS_TOPIC]))
+            store = AuthStore(mongo, settings.mongo_db)
+            await store.ensure_indexes()
+            relay = OutboxRelay(store, broker, settings, settings.relay_poll_s)
+            app.state.deps = Deps(
+                settings=settings,
+                store=store,
+                passwords=Passwords(
+                    memory_kib=settings.argon2_memory_kib,
+                    time_cost=settings.argon2_time_cost,
+                    parallelism=settings.argon2_parallelism,
+                    concurrency=settings.argon2_concurrency,
+                ),
+                throttle=LoginThrottle(
+                    redis,
+                    settings.redis_prefix,
+                    free_attempts=settings.login_free_attempts,
+                    cap_s=settings.login_backoff_cap_s,
+                    window_s=settings.login_failure_window_s,
+                ),
+                relay=relay,
+                keys=await load_keys(settings, store),
+            )
             checks["mongo"] = lambda: ping_mongo(mongo)
             checks["kafka"] = lambda: ping_kafka(broker)
+            checks["redis"] = lambda: ping_redis(redis)
+            stack.push_async_callback(_cancel, asyncio.create_task(relay.run()))
             yield
 
     app = FastAPI(title="Taskbus auth", lifespan=lifespan)
     install_problem_handlers(app)
+    app.include_router(router)
+    app.include_router(jwks_router)
     app.router.routes.extend(health_routes(lambda: checks))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+async def _cancel(task: "asyncio.Task[None]") -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+

@@ -1,8 +1,15 @@
 """Auth service settings (env prefix AUTH_, shared values from TASKBUS_)."""
 
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import ServiceSettings
+
+# OWASP Password Storage Cheat Sheet, argon2id second option: m=19 MiB, t=2, p=1. Never weaker.
+ARGON2_MIN_MEMORY_KIB = 19456
+ARGON2_MIN_TIME_COST = 2
 
 
 class AuthSettings(ServiceSettings):
@@ -13,3 +20,29 @@ class AuthSettings(ServiceSettings):
     service_name: str = "auth"
     port: int = 8001
     mongo_db: str = "taskbus_auth"
+    # JSON list of {"kid", "private_key" (PEM), "retire_after"?}: the first signs, the others are
+    # still published in the JWKS (until retire_after) so tokens they signed keep verifying.
+    # Unset outside production: a development key is generated once and shared through Mongo.
+    signing_keys: SecretStr | None = None
+    access_ttl_s: int = Field(default=900, ge=60, le=3600)
+    refresh_ttl_s: int = Field(default=30 * 24 * 3600, ge=3600)
+    # Only the immediately previous refresh token is accepted again, and only this long.
+    refresh_grace_s: int = Field(default=10, ge=0, le=60)
+    reset_ttl_s: int = Field(default=1800, ge=300, le=24 * 3600)
+    argon2_memory_kib: int = Field(default=ARGON2_MIN_MEMORY_KIB, ge=ARGON2_MIN_MEMORY_KIB)
+    argon2_time_cost: int = Field(default=ARGON2_MIN_TIME_COST, ge=ARGON2_MIN_TIME_COST)
+    argon2_parallelism: int = Field(default=1, ge=1, le=8)
+    # Concurrent hashes; each holds argon2_memory_kib of RAM, so this bounds memory under a flood.
+    argon2_concurrency: int = Field(default=4, ge=1, le=64)
+    # Failed logins per account before back-off starts; the back-off doubles up to the cap.
+    login_free_attempts: int = Field(default=5, ge=1)
+    login_backoff_cap_s: int = Field(default=300, ge=1, le=900)
+    login_failure_window_s: int = Field(default=900, ge=60)
+    max_body_bytes: int = Field(default=16 * 1024, ge=1024)
+    relay_poll_s: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _production_needs_real_keys(self) -> Self:
+        if self.is_production and self.signing_keys is None:
+            raise ValueError("AUTH_SIGNING_KEYS must be set in production")
+        return self

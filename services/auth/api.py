@@ -1,0 +1,308 @@
+"""HTTP routes of the auth service; domain errors become problem+json here and nowhere else."""
+
+from datetime import timedelta
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials
+
+from common.events import PasswordResetRequested, UserRegistered
+from common.problems import ProblemError
+from services.auth.domain import (
+    AuthFailedError,
+    EmailTakenError,
+    PolicyError,
+    RefreshVerdict,
+    ThrottledError,
+    User,
+    check_password,
+    hash_secret,
+    judge_refresh,
+    new_id,
+    new_refresh_token,
+    new_reset_token,
+    normalize_email,
+    outbox_entry,
+    parse_refresh_token,
+)
+from services.auth.schemas import (
+    REFRESH_COOKIE,
+    Accepted,
+    AuthOut,
+    LoginIn,
+    MePatch,
+    MeUpdated,
+    RefreshIn,
+    RegisterIn,
+    ResetConfirmIn,
+    ResetIn,
+    UserOut,
+)
+from services.auth.sessions import (
+    CallerDep,
+    Deps,
+    DepsDep,
+    bearer,
+    clear_cookie,
+    get_caller,
+    issue_pair,
+    open_session,
+    revoked_event,
+    set_cookie,
+    unauthorized,
+    user_out,
+    utcnow,
+)
+
+router = APIRouter(prefix="/api/auth", tags=["auth"])
+
+
+@router.post("/register", status_code=201)
+async def register(body: RegisterIn, response: Response, deps: DepsDep) -> AuthOut:
+    """Create an account and sign it in."""
+    now = utcnow()
+    email = normalize_email(body.email)
+    user = User(
+        id=new_id(),
+        email=email,
+        name=body.name,
+        password_hash=await deps.passwords.hash(body.password),
+        created_at=now,
+    )
+    event = outbox_entry(UserRegistered(user_id=user.id, email=email, name=user.name), user.id)
+    try:
+        await deps.store.insert_user(user, event)
+    except EmailTakenError:
+        raise ProblemError(409, "email is already registered", extra=_field("email")) from None
+    deps.relay.kick()
+    pair = await open_session(deps, user, now)
+    set_cookie(response, pair, deps.settings)
+    return AuthOut(**pair.model_dump(), user=user_out(user))
+
+
+def _field(name: str, msg: str = "") -> dict[str, Any]:
+    return {"errors": [{"loc": ["body", name], "msg": msg or "conflict", "type": "value_error"}]}
+
+
+@router.post("/login")
+async def login(body: LoginIn, response: Response, deps: DepsDep) -> AuthOut:
+    """Exchange email and password for a token pair."""
+    email = normalize_email(body.email)
+    try:
+        user = await _check_login(deps, email, body.password)
+    except ThrottledError as exc:
+        raise ProblemError(
+            429,
+            "too many failed attempts; retry later",
+            headers={"Retry-After": str(exc.retry_after_s)},
+        ) from None
+    except AuthFailedError:
+        raise unauthorized() from None
+    pair = await open_session(deps, user, utcnow())
+    set_cookie(response, pair, deps.settings)
+    return AuthOut(**pair.model_dump(), user=user_out(user))
+
+
+async def _check_login(deps: Deps, email: str, password: str) -> User:
+    """The account if the password matches; the same work whether or not the account exists."""
+    retry_after = await deps.throttle.retry_after(email)
+    if retry_after:
+        raise ThrottledError(retry_after)
+    user = await deps.store.user_by_email(email)
+    if not await deps.passwords.verify(user.password_hash if user else None, password):
+        await deps.throttle.failed(email)
+        raise AuthFailedError
+    assert user is not None  # noqa: S101 - verify() never succeeds without a stored hash
+    await deps.throttle.succeeded(email)
+    if deps.passwords.needs_rehash(user.password_hash):
+        new_hash = await deps.passwords.hash(password)
+        await deps.store.replace_hash(user.id, user.password_hash, new_hash)
+    return user
+
+
+def _presented_refresh(body: RefreshIn | None, request: Request) -> str:
+    token = (body.refresh_token if body else None) or request.cookies.get(REFRESH_COOKIE)
+    if not token or len(token) > 200:
+        raise unauthorized()
+    return token
+
+
+@router.post("/refresh")
+async def refresh(
+    request: Request, response: Response, deps: DepsDep, body: RefreshIn | None = None
+) -> AuthOut:
+    """Spend a refresh token for a new pair; a replayed spent token ends its whole family."""
+    try:
+        session_id, presented = parse_refresh_token(_presented_refresh(body, request))
+    except AuthFailedError:
+        raise unauthorized() from None
+    for _ in range(3):  # a lost compare-and-set race re-reads the family and judges again
+        now = utcnow()
+        session = await deps.store.session(session_id)
+        user = await deps.store.user(session.user_id) if session else None
+        if session is None or user is None:
+            raise unauthorized()
+        verdict = judge_refresh(session, presented, user, now, deps.settings.refresh_grace_s)
+        if verdict is RefreshVerdict.REUSE:
+            event = revoked_event(user.id, "refresh_reuse", now, session.id)
+            if await deps.store.revoke(session.id, "refresh_reuse", now, event):
+                deps.relay.kick()
+            raise unauthorized()
+        if verdict is RefreshVerdict.REJECT:
+            raise unauthorized()
+        token, token_hash = new_refresh_token(session.id)
+        if verdict is RefreshVerdict.ROTATE:
+            done = await deps.store.rotate(session, token_hash, now)
+        else:
+            done = await deps.store.regrant(session, token_hash)
+        if done:
+            pair = issue_pair(deps, user, session.id, token, now)
+            set_cookie(response, pair, deps.settings)
+            return AuthOut(**pair.model_dump(), user=user_out(user))
+    raise unauthorized()
+
+
+@router.post("/logout", status_code=204)
+async def logout(
+    request: Request,
+    deps: DepsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    body: RefreshIn | None = None,
+) -> Response:
+    """End this session (named by the access token, or by the refresh token when that expired)."""
+    if credentials is not None:
+        caller = await get_caller(deps, credentials)
+        user_id, session_id = caller.user.id, caller.session.id
+    else:
+        user_id, session_id = await _refresh_owner(deps, _presented_refresh(body, request))
+    now = utcnow()
+    if await deps.store.revoke(
+        session_id, "logout", now, revoked_event(user_id, "logout", now, session_id)
+    ):
+        deps.relay.kick()
+    response = Response(status_code=204)
+    clear_cookie(response)
+    return response
+
+
+async def _refresh_owner(deps: Deps, token: str) -> tuple[str, str]:
+    """The user and session of a live family's current refresh token."""
+    try:
+        session_id, presented = parse_refresh_token(token)
+    except AuthFailedError:
+        raise unauthorized() from None
+    session = await deps.store.session(session_id)
+    user = await deps.store.user(session.user_id) if session else None
+    if session is None or user is None:
+        raise unauthorized()
+    verdict = judge_refresh(session, presented, user, utcnow(), deps.settings.refresh_grace_s)
+    if verdict not in (RefreshVerdict.ROTATE, RefreshVerdict.GRACE):
+        raise unauthorized()
+    return user.id, session.id
+
+
+@router.post("/logout-all", status_code=204)
+async def logout_all(caller: CallerDep, deps: DepsDep) -> Response:
+    """End every session of the caller, on every device."""
+    now = utcnow()
+    await deps.store.revoke_all(
+        caller.user.id, now, revoked_event(caller.user.id, "logout_all", now)
+    )
+    deps.relay.kick()
+    response = Response(status_code=204)
+    clear_cookie(response)
+    return response
+
+
+@router.get("/me")
+async def me(caller: CallerDep) -> UserOut:
+    """The caller's account."""
+    return user_out(caller.user)
+
+
+@router.patch("/me")
+async def update_me(
+    body: MePatch, response: Response, caller: CallerDep, deps: DepsDep
+) -> MeUpdated:
+    """Rename, and/or change the password: that revokes every session and opens a new one."""
+    user = caller.user
+    if body.new_password is not None and body.current_password is not None:
+        if not await deps.passwords.verify(user.password_hash, body.current_password):
+            raise unauthorized()
+        _policy(body.new_password, user.email, "new_password")
+        new_hash = await deps.passwords.hash(body.new_password)
+        # Whole seconds: the replacement access token's iat must not fall before the cut-off.
+        now = utcnow().replace(microsecond=0)
+        event = revoked_event(user.id, "password_changed", now)
+        changed = await deps.store.change_password(user.id, new_hash, now, event)
+        if changed is None:
+            raise unauthorized()
+        deps.relay.kick()
+        user = changed
+    if body.name is not None:
+        user = await deps.store.rename(user.id, body.name) or user
+    tokens = None
+    if body.new_password is not None:
+        tokens = await open_session(deps, user, utcnow())
+        set_cookie(response, tokens, deps.settings)
+    return MeUpdated(user=user_out(user), tokens=tokens)
+
+
+def _policy(password: str, email: str, field: str) -> None:
+    try:
+        check_password(password, email)
+    except PolicyError as exc:
+        raise ProblemError(
+            422, f"invalid input: body.{field}", extra=_field(field, exc.message)
+        ) from None
+
+
+@router.post("/password-reset", status_code=202)
+async def request_reset(body: ResetIn, deps: DepsDep) -> Accepted:
+    """Mail a reset link if the account exists; the answer never says whether it does."""
+    email = normalize_email(body.email)
+    user = await deps.store.user_by_email(email)
+    if user is not None:
+        now = utcnow()
+        token, token_hash = new_reset_token()
+        expires = now + timedelta(seconds=deps.settings.reset_ttl_s)
+        payload = PasswordResetRequested(
+            user_id=user.id, email=user.email, name=user.name, reset_token=token, expires_at=expires
+        )
+        event = outbox_entry(payload, user.id)
+        await deps.store.set_reset(user.id, token_hash, expires, now, event)
+        deps.relay.kick()
+    return Accepted()
+
+
+@router.post("/password-reset/confirm", status_code=204)
+async def confirm_reset(body: ResetConfirmIn, deps: DepsDep) -> Response:
+    """Set a new password with a single-use reset token; every session is revoked."""
+    now = utcnow()
+    token_hash = hash_secret(body.token)
+    user = await deps.store.user_by_reset(token_hash, now)
+    if user is None:
+        raise unauthorized()
+    _policy(body.new_password, user.email, "new_password")
+    new_hash = await deps.passwords.hash(body.new_password)
+    event = revoked_event(user.id, "password_reset", now)
+    if not await deps.store.consume_reset(user.id, token_hash, new_hash, now, event):
+        raise unauthorized()
+    deps.relay.kick()
+    await deps.throttle.succeeded(user.email)
+    return Response(status_code=204)
+
+
+jwks_router = APIRouter()
+
+
+@jwks_router.get("/.well-known/jwks.json")
+async def jwks(deps: DepsDep) -> Response:
+    """The public keys access tokens are verified with (current and not yet retired)."""
+    body = deps.keys.jwks(utcnow())
+    return Response(
+        orjson.dumps(body),
+        media_type="application/json",
+        headers={"Cache-Control": "public, max-age=300"},
+    )
