@@ -1,24 +1,136 @@
-"""Composition root of the gateway: a thin Starlette app (the hot path stays off FastAPI)."""
+"""Composition root of the gateway: a raw ASGI hot path, thin Starlette for everything else."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
+import orjson
+from faststream.kafka import KafkaBroker
+from faststream.specification import AsyncAPI
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from common.events import TASKS_TOPIC, USERS_TOPIC
 from common.health import Check, health_routes
-from common.infra import open_redis, ping_redis
+from common.infra import open_broker, open_redis, ping_kafka, ping_redis
+from common.kafka import make_broker
+from common.problems import problem_response
+from common.tokens import TokenVerifier
+from gateway.auth import EdgeVerifier, key_source
+from gateway.cache import ResponseCache
+from gateway.docs import ApiDocs, doc_routes
+from gateway.events import subscribe
+from gateway.headers import EdgeHeaders
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline
+from gateway.proxy import Upstreams, fetch_json, open_session
+from gateway.reply import problem, send_reply
 from gateway.settings import GatewaySettings
 
+JWKS_TIMEOUT_S = 5.0
 
-def create_app(settings: GatewaySettings) -> Starlette:
+
+class Parts:
+    """What the lifespan builds and the request handlers use."""
+
+    pipeline: Pipeline | None = None
+    docs: ApiDocs | None = None
+    broker: KafkaBroker | None = None
+
+
+class Gateway:
+    """Routes the API straight to the pipeline; probes, docs and metrics go through Starlette."""
+
+    def __init__(self, parts: Parts, rest: Starlette) -> None:
+        self._parts = parts
+        self._rest = rest
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Dispatch one ASGI event."""
+        if scope["type"] == "http" and _proxied(scope["path"]):
+            pipeline = self._parts.pipeline
+            if pipeline is None:
+                await send_reply(send, problem(503, "starting up", scope["path"]), [])
+                return
+            await pipeline(scope, receive, send)
+            return
+        await self._rest(scope, receive, send)
+
+
+def _proxied(path: str) -> bool:
+    return path.startswith("/api/") or path in {"/api", "/.well-known/jwks.json"}
+
+
+def create_app(settings: GatewaySettings) -> ASGIApp:
     """Build the gateway app; clients are made in the lifespan, not here."""
     checks: dict[str, Check] = {}
+    parts = Parts()
+    metrics = Metrics()
+    static_jwks = orjson.loads(settings.jwks_json) if settings.jwks_json else None
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             redis = await stack.enter_async_context(open_redis(settings))
-            checks["redis"] = lambda: ping_redis(redis)
-            yield
+            session = await stack.enter_async_context(open_session(settings.upstream_pool_size))
+            broker = make_broker(settings)
+            subscribe(broker, settings, redis)
+            parts.broker = await stack.enter_async_context(
+                open_broker(settings, [TASKS_TOPIC, USERS_TOPIC], broker)
+            )
 
-    return Starlette(routes=health_routes(lambda: checks), lifespan=lifespan)
+            async def fetch_jwks() -> Mapping[str, Any]:
+                document = await fetch_json(session, settings.jwks_url, JWKS_TIMEOUT_S)
+                return document if isinstance(document, dict) else {}
+
+            verifier = TokenVerifier(
+                key_source(static_jwks, fetch_jwks),
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
+            )
+            cache = ResponseCache(
+                redis, settings.redis_prefix, settings.cache_ttl_s, settings.cache_l1_entries
+            )
+            upstreams = Upstreams(session, settings.upstream_options(), settings.connect_timeout_s)
+            parts.pipeline = Pipeline(
+                settings,
+                verifier=EdgeVerifier(verifier, settings.token_cache_size),
+                redis=redis,
+                cache=cache,
+                upstreams=upstreams,
+                metrics=metrics,
+            )
+            sources = {
+                name: f"{url}/openapi.json"
+                for name, (url, _) in settings.upstream_options().items()
+            }
+            parts.docs = ApiDocs(session, sources, settings.docs_cache_s, lambda: asyncapi(broker))
+            checks["redis"] = lambda: ping_redis(redis)
+            checks["kafka"] = lambda: ping_kafka(broker)
+            try:
+                yield
+            finally:
+                parts.pipeline = None
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        return problem_response(
+            status, str(getattr(exc, "detail", "error")), instance=request.url.path
+        )
+
+    rest = Starlette(
+        routes=[*health_routes(lambda: checks), metrics.route(), *doc_routes(lambda: parts.docs)],
+        lifespan=lifespan,
+        exception_handlers={HTTPException: on_http_error},
+    )
+    app = Gateway(parts, rest)
+    return EdgeHeaders(app, settings.cors_origins, settings.cors_max_age_s)
+
+
+def asyncapi(broker: KafkaBroker) -> Any:
+    """The AsyncAPI 3.0 document of the gateway's subscriptions."""
+    spec = AsyncAPI(broker, title="Taskbus gateway events", version="1", schema_version="3.0.0")
+    return spec.to_specification().to_jsonable()

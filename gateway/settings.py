@@ -1,8 +1,36 @@
 """Gateway settings (env prefix GATEWAY_, shared values from TASKBUS_)."""
 
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import ServiceSettings
+
+LimitScope = Literal["login", "public", "api"]
+LimitKey = Literal["ip", "user", "account"]
+
+
+class LimitPolicy(BaseModel):
+    """One rate-limit policy: at most `limit` requests per rolling `window_s` per key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9-]{1,40}$")
+    limit: int = Field(gt=0)
+    window_s: int = Field(gt=0)
+    # login: POST to the login route; public: other routes needing no token; api: the rest.
+    scope: LimitScope
+    # ip: the client address; user: the token's subject; account: the login body's email.
+    key: LimitKey
+
+
+DEFAULT_POLICIES = (
+    LimitPolicy(name="login-ip", limit=10, window_s=900, scope="login", key="ip"),
+    LimitPolicy(name="login-account", limit=10, window_s=900, scope="login", key="account"),
+    LimitPolicy(name="public-ip", limit=120, window_s=60, scope="public", key="ip"),
+    LimitPolicy(name="api-user", limit=600, window_s=60, scope="api", key="user"),
+    LimitPolicy(name="api-ip", limit=1200, window_s=60, scope="api", key="ip"),
+)
 
 
 class GatewaySettings(ServiceSettings):
@@ -14,3 +42,50 @@ class GatewaySettings(ServiceSettings):
     port: int = 8000
     auth_url: str = "http://127.0.0.1:8001"
     tasks_url: str = "http://127.0.0.1:8002"
+    notifier_url: str = "http://127.0.0.1:8003"
+    # Whole-exchange deadline per upstream (seconds); connecting gets a shorter one.
+    auth_timeout_s: float = 10.0
+    tasks_timeout_s: float = 5.0
+    notifier_timeout_s: float = 5.0
+    connect_timeout_s: float = 1.0
+    upstream_pool_size: int = 256
+    max_body_bytes: int = 1_048_576
+    # A fixed JWKS (JSON) instead of fetching jwks_url: tests, or keys mounted from a file.
+    jwks_json: str | None = None
+    token_cache_size: int = 10_000
+    # Longest access-token lifetime auth issues: how long a revocation must be remembered.
+    max_token_lifetime_s: int = 3600
+    # Routes that need no token (exact paths, or prefixes when ending in "/").
+    public_paths: tuple[str, ...] = (
+        "/api/auth/register",
+        "/api/auth/login",
+        "/api/auth/refresh",
+        "/api/auth/logout",
+        "/api/auth/password-reset/",
+        "/api/auth/password-reset",
+        "/.well-known/jwks.json",
+    )
+    login_path: str = "/api/auth/login"
+    rate_limits: tuple[LimitPolicy, ...] = DEFAULT_POLICIES
+    # When Redis cannot be reached: "open" admits (limits and revocation unchecked, cache
+    # bypassed), "closed" answers 503. Open keeps the API up; closed keeps the guarantees.
+    redis_failure_mode: Literal["open", "closed"] = "open"
+    # Peers whose X-Forwarded-For is believed (the load balancers), as addresses or CIDRs.
+    trusted_proxies: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    cors_max_age_s: int = 600
+    # Response cache: which GET routes, how long at most, how big, which request headers vary.
+    cache_prefixes: tuple[str, ...] = ("/api/tasks", "/api/notifications/")
+    cache_ttl_s: int = 30
+    cache_max_body_bytes: int = 262_144
+    cache_l1_entries: int = 5_000
+    cache_vary: tuple[str, ...] = ("accept", "accept-language")
+    docs_cache_s: float = 30.0
+
+    def upstream_options(self) -> dict[str, tuple[str, float]]:
+        """Name -> (base URL, deadline) of every upstream."""
+        return {
+            "auth": (self.auth_url, self.auth_timeout_s),
+            "tasks": (self.tasks_url, self.tasks_timeout_s),
+            "notifier": (self.notifier_url, self.notifier_timeout_s),
+        }

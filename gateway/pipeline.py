@@ -1,0 +1,265 @@
+"""The proxied request path: body cap, JWT, one Redis gate call, response cache, upstream, reply."""
+
+import os
+import re
+import uuid
+from collections.abc import Sequence
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.types import Receive, Scope, Send
+
+from common.tokens import AccessClaims, TokenError
+from gateway.auth import UNAUTHORIZED_DETAIL, EdgeVerifier, PublicRoutes
+from gateway.cache import (
+    ResponseCache,
+    bump_generation,
+    cache_key,
+    etag_matches,
+    storable,
+    with_validator,
+)
+from gateway.gate import Gate, GateResult, Identity
+from gateway.headers import header
+from gateway.metrics import Metrics
+from gateway.proxy import Upstreams, route_for
+from gateway.ratelimit import (
+    TrustedProxies,
+    checks_for,
+    login_account,
+    policies_for,
+    policy_header,
+    ratelimit_header,
+    retry_after,
+)
+from gateway.reply import Header, Reply, problem, send_reply
+from gateway.settings import GatewaySettings, LimitScope
+
+log = structlog.get_logger(__name__)
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_TRACEPARENT = re.compile(rb"^00-([0-9a-f]{32})-[0-9a-f]{16}-([0-9a-f]{2})$")
+_NOT_MODIFIED_HEADERS = frozenset({b"etag", b"cache-control", b"vary", b"last-modified"})
+_WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="taskbus"'}
+
+
+class ClientGoneError(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class Pipeline:
+    """ASGI app for every proxied path; the hot path of the gateway."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        verifier: EdgeVerifier,
+        redis: "Redis",
+        cache: ResponseCache,
+        upstreams: Upstreams,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._verifier = verifier
+        self._redis = redis
+        self._gate = Gate(redis, settings.redis_prefix)
+        self._cache = cache
+        self._upstreams = upstreams
+        self._metrics = metrics
+        self._public = PublicRoutes(settings.public_paths)
+        self._proxies = TrustedProxies(settings.trusted_proxies)
+        scopes: tuple[LimitScope, ...] = ("login", "public", "api")
+        self._policies = {s: policies_for(settings.rate_limits, s) for s in scopes}
+        self._policy_headers = {s: policy_header(p) for s, p in self._policies.items()}
+        self._cache_prefixes = tuple(settings.cache_prefixes)
+        self._vary = tuple(name.lower().encode() for name in settings.cache_vary)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one proxied request."""
+        given = header(scope, b"x-request-id")
+        request_id = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex.encode()
+        extra: list[Header] = [(b"x-request-id", request_id)]
+        route = route_for(scope["path"])
+        try:
+            if route is None:
+                reply = problem(404, "no such route", scope["path"])
+            else:
+                reply = await self._handle(route, scope, receive, extra)
+        except ClientGoneError:
+            return
+        self._metrics.requests.labels(route or "none", str(reply.status)).inc()
+        await send_reply(send, reply, extra, head=scope["method"] == "HEAD")
+
+    async def _handle(
+        self, route: str, scope: Scope, receive: Receive, extra: list[Header]
+    ) -> Reply:
+        path, method = scope["path"], scope["method"]
+        body = await read_body(scope, receive, self._settings.max_body_bytes)
+        if body is None:
+            return problem(413, f"body exceeds {self._settings.max_body_bytes} bytes", path)
+        claims: AccessClaims | None = None
+        public = path in self._public
+        if not public:
+            try:
+                claims = await self._verifier.verify(header(scope, b"authorization"))
+            except TokenError:
+                return problem(401, UNAUTHORIZED_DETAIL, path, _WWW_AUTHENTICATE)
+        peer = scope["client"][0] if scope.get("client") else "0.0.0.0"
+        ip = self._proxies.client_ip(peer, header(scope, b"x-forwarded-for"))
+        gate, refusal = await self._pass_gate(scope, body, claims, ip, extra)
+        if refusal is not None:
+            return refusal
+        headers = upstream_headers(scope["headers"], extra[0][1], ip, scope.get("scheme", "http"))
+        target = path + (
+            "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
+        )
+        if method == "GET" and claims and gate and self._cacheable(scope):
+            return await self._cached(
+                scope,
+                route=route,
+                target=target,
+                headers=headers,
+                claims=claims,
+                gate=gate,
+                extra=extra,
+            )
+        reply = await self._upstreams.forward(route, method, target, headers, body)
+        extra.append((b"x-cache", b"BYPASS"))
+        self._metrics.cache.labels("bypass").inc()
+        if claims and method not in _SAFE_METHODS and 200 <= reply.status < 300:
+            await self._invalidate(claims.sub)
+        return reply
+
+    async def _pass_gate(
+        self,
+        scope: Scope,
+        body: bytes,
+        claims: AccessClaims | None,
+        ip: str,
+        extra: list[Header],
+    ) -> tuple[GateResult | None, Reply | None]:
+        """Revocation and rate limits in one Redis call; a refusal reply, or None to go on."""
+        path = scope["path"]
+        limit_scope: LimitScope = "api" if claims else "public"
+        if scope["method"] == "POST" and path == self._settings.login_path:
+            limit_scope = "login"
+        account = login_account(body) if limit_scope == "login" else None
+        user = claims.sub if claims else None
+        checks = checks_for(self._policies[limit_scope], ip=ip, user=user, account=account)
+        identity = Identity(claims.sub, claims.sid, claims.iat) if claims else None
+        try:
+            gate = await self._gate.check(identity, checks)
+        except RedisError as exc:
+            if self._settings.redis_failure_mode == "closed":
+                self._metrics.limiter.labels("fail_closed").inc()
+                log.warning("redis unavailable, refusing", error=str(exc))
+                return None, problem(503, "rate limiter unavailable", path, {"Retry-After": "1"})
+            self._metrics.limiter.labels("fail_open").inc()
+            log.warning("redis unavailable, admitting", error=str(exc))
+            return None, None
+        if gate.revoked:
+            return gate, problem(401, UNAUTHORIZED_DETAIL, path, _WWW_AUTHENTICATE)
+        if gate.states:
+            extra.append((b"ratelimit-policy", self._policy_headers[limit_scope]))
+            extra.append((b"ratelimit", ratelimit_header(gate.states)))
+        if not gate.admitted:
+            self._metrics.limiter.labels("limited").inc()
+            wait = str(retry_after(gate.states))
+            return gate, problem(429, "rate limit exceeded", path, {"Retry-After": wait})
+        self._metrics.limiter.labels("admitted").inc()
+        return gate, None
+
+    def _cacheable(self, scope: Scope) -> bool:
+        if not scope["path"].startswith(self._cache_prefixes):
+            return False
+        control = (header(scope, b"cache-control") or b"").lower()
+        return b"no-cache" not in control and b"no-store" not in control
+
+    async def _cached(
+        self,
+        scope: Scope,
+        *,
+        route: str,
+        target: str,
+        headers: list[Header],
+        claims: AccessClaims,
+        gate: GateResult,
+        extra: list[Header],
+    ) -> Reply:
+        vary = [header(scope, name) for name in self._vary]
+        key = cache_key(claims.sub, gate.generation, scope["path"], scope["query_string"], vary)
+        reply = await self._cache.get(key)
+        state = b"HIT"
+        if reply is None:
+
+            async def fill() -> Reply:
+                fresh = await self._upstreams.forward(route, "GET", target, headers, b"")
+                if not storable(fresh, self._vary, self._settings.cache_max_body_bytes):
+                    return fresh
+                fresh = with_validator(fresh)
+                await self._cache.put(key, fresh)
+                return fresh
+
+            reply = await self._cache.single_flight(key, fill)
+            stored = storable(reply, self._vary, self._settings.cache_max_body_bytes)
+            state = b"MISS" if stored else b"BYPASS"
+        extra.append((b"x-cache", state))
+        self._metrics.cache.labels(state.decode().lower()).inc()
+        if reply.status == 200 and etag_matches(
+            header(scope, b"if-none-match"), reply.header(b"etag")
+        ):
+            kept = [(k, v) for k, v in reply.headers if k in _NOT_MODIFIED_HEADERS]
+            return Reply(304, kept, b"")
+        return reply
+
+    async def _invalidate(self, user: str) -> None:
+        """The user's own write: orphan their cached reads before answering."""
+        try:
+            await bump_generation(self._redis, self._settings.redis_prefix, user)
+        except RedisError as exc:
+            log.warning("cache invalidation failed", user=user, error=str(exc))
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None once it exceeds `limit` bytes."""
+    declared = header(scope, b"content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGoneError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def upstream_headers(
+    headers: Sequence[tuple[bytes, bytes]], request_id: bytes, ip: str, scheme: str
+) -> list[Header]:
+    """The client's headers plus request id, trace context and the forwarded client."""
+    given = dict(headers).get(b"traceparent")
+    return [
+        *headers,
+        (b"x-request-id", request_id),
+        (b"traceparent", child_traceparent(given)),
+        (b"x-forwarded-for", ip.encode()),
+        (b"x-forwarded-proto", scheme.encode()),
+    ]
+
+
+def child_traceparent(given: bytes | None) -> bytes:
+    """Continue the caller's trace (or start one) with a fresh parent id for the upstream hop."""
+    match = _TRACEPARENT.match(given) if given else None
+    trace_id = match.group(1) if match else os.urandom(16).hex().encode()
+    flags = match.group(2) if match else b"01"
+    return b"00-" + trace_id + b"-" + os.urandom(8).hex().encode() + b"-" + flags
