@@ -1,15 +1,41 @@
 """Composition root of the tasks service."""
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
+import aiohttp
 from fastapi import FastAPI
 
 from common.events import TASKS_TOPIC
 from common.health import Check, health_routes
 from common.infra import open_broker, open_mongo, ping_kafka, ping_mongo
 from common.problems import install_problem_handlers
+from common.tokens import JwksCache, KeySource, StaticKeys, TokenVerifier
+from services.tasks.api import Deps, EdgeMiddleware, install_task_error_handlers, router
+from services.tasks.events import OutboxRelay, ReminderScan
 from services.tasks.settings import TasksSettings
+from services.tasks.storage import TaskStore
+
+
+def _key_source(settings: TasksSettings, http: aiohttp.ClientSession) -> KeySource:
+    static = settings.static_jwks()
+    if static is not None:
+        return StaticKeys(static)
+
+    async def fetch() -> Mapping[str, Any]:
+        async with http.get(settings.jwks_url, timeout=aiohttp.ClientTimeout(total=3)) as resp:
+            resp.raise_for_status()
+            keys: Mapping[str, Any] = await resp.json()
+            return keys
+
+    return JwksCache(fetch)
+
+
+async def _stop(task: "asyncio.Task[None]") -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def create_app(settings: TasksSettings) -> FastAPI:
@@ -17,15 +43,46 @@ def create_app(settings: TasksSettings) -> FastAPI:
     checks: dict[str, Check] = {}
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             mongo = await stack.enter_async_context(open_mongo(settings))
             broker = await stack.enter_async_context(open_broker(settings, [TASKS_TOPIC]))
+            http = await stack.enter_async_context(aiohttp.ClientSession())
+            store = TaskStore(
+                mongo[settings.mongo_db],
+                locks=settings.write_locks,
+                lock_wait_s=settings.lock_wait_s,
+                outbox_max=settings.outbox_max,
+            )
+            await store.ensure_indexes()
+            relay = OutboxRelay(store, broker, settings)
+            verifier = TokenVerifier(
+                _key_source(settings, http),
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
+            )
+            app.state.deps = Deps(
+                store=store,
+                verifier=verifier,
+                cursor_secret=settings.cursor_secret.get_secret_value().encode(),
+                written=relay.wake,
+            )
+            # Stopped before the broker closes (exit stack order), so nothing publishes late.
+            loops = []
+            if settings.relay_enabled:
+                loops.append(relay.run())
+            if settings.reminders_enabled:
+                loops.append(ReminderScan(store, settings, relay).run())
+            for loop in loops:
+                stack.push_async_callback(_stop, asyncio.create_task(loop))
             checks["mongo"] = lambda: ping_mongo(mongo)
             checks["kafka"] = lambda: ping_kafka(broker)
             yield
 
     app = FastAPI(title="Taskbus tasks", lifespan=lifespan)
     install_problem_handlers(app)
+    install_task_error_handlers(app)
+    app.include_router(router)
     app.router.routes.extend(health_routes(lambda: checks))
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

@@ -1,8 +1,14 @@
 """Tasks service settings (env prefix TASKS_, shared values from TASKBUS_)."""
 
+from typing import Any
+
+import orjson
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import ServiceSettings
+
+DEV_CURSOR_SECRET = "dev-only-cursor-secret-change-me"  # noqa: S105 - refused in production
 
 
 class TasksSettings(ServiceSettings):
@@ -13,3 +19,41 @@ class TasksSettings(ServiceSettings):
     service_name: str = "tasks"
     port: int = 8002
     mongo_db: str = "taskbus_tasks"
+    # A fixed JWKS (JSON) used instead of fetching jwks_url: tests, or a key set mounted as a file.
+    jwks_json: str | None = None
+    # Signs pagination cursors so clients cannot forge positions.
+    cursor_secret: SecretStr = SecretStr(DEV_CURSOR_SECRET)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # FerretDB 1.24 applies updates as read-then-write without isolation (concurrent updates to
+    # one document are lost), so every read-modify-write holds a lock document. MongoDB's
+    # single-document updates are atomic on their own; it may turn this off.
+    write_locks: bool = True
+    lock_wait_s: float = Field(default=5.0, gt=0)
+    outbox_max: int = Field(default=500, ge=1)
+    # Replicas may leave the relay or the reminder scan to others (e.g. a dedicated deployment).
+    relay_enabled: bool = True
+    reminders_enabled: bool = True
+    relay_interval_s: float = Field(default=1.0, gt=0)
+    relay_batch: int = Field(default=100, ge=1)
+    relay_lease_s: float = Field(default=30.0, gt=0)
+    reminder_lead_s: float = Field(default=3600.0, ge=0)
+    reminder_interval_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("jwks_json")
+    @classmethod
+    def _jwks_is_json(cls, value: str | None) -> str | None:
+        if value is not None and not isinstance(orjson.loads(value).get("keys"), list):
+            raise ValueError("jwks_json must be a JWKS document with a 'keys' list")
+        return value
+
+    @model_validator(mode="after")
+    def _no_dev_secrets_in_production(self) -> "TasksSettings":
+        if self.is_production and self.cursor_secret.get_secret_value() == DEV_CURSOR_SECRET:
+            raise ValueError("TASKS_CURSOR_SECRET must be set in production")
+        if self.is_production and len(self.cursor_secret.get_secret_value()) < 32:
+            raise ValueError("TASKS_CURSOR_SECRET must be at least 32 characters")
+        return self
+
+    def static_jwks(self) -> dict[str, Any] | None:
+        """The configured fixed JWKS, if any."""
+        return orjson.loads(self.jwks_json) if self.jwks_json else None

@@ -1,0 +1,262 @@
+"""HTTP routes of the tasks service; domain errors become problem+json here and only here."""
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from opentelemetry import propagate, trace
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from common.events import TaskCreated, TaskDeleted
+from common.problems import ProblemError, problem_response
+from common.tokens import TokenError, TokenVerifier
+from services.tasks.domain import (
+    BusyError,
+    IdempotencyMismatchError,
+    IdempotentTaskGoneError,
+    InvalidCursorError,
+    ListQuery,
+    PreconditionFailedError,
+    Task,
+    TaskCreate,
+    TaskError,
+    TaskNotFoundError,
+    TaskPage,
+    TaskPatch,
+    TaskStats,
+    apply_patch,
+    decode_cursor,
+    encode_cursor,
+    etag,
+    if_match_ok,
+    if_none_match_hit,
+    new_task,
+    now_ms,
+)
+from services.tasks.events import wrap
+from services.tasks.storage import TaskStore, new_task_id
+
+_ID = re.compile(r"[0-9a-f]{24}")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+_tracer = trace.get_tracer(__name__)
+
+_ERRORS: dict[type[TaskError], tuple[int, str]] = {
+    TaskNotFoundError: (404, "no such task"),
+    PreconditionFailedError: (412, "the task changed since the version in If-Match"),
+    InvalidCursorError: (400, "invalid cursor"),
+    IdempotencyMismatchError: (422, "Idempotency-Key was already used for another request"),
+    IdempotentTaskGoneError: (409, "the task this Idempotency-Key created has been deleted"),
+    BusyError: (503, "the task is busy; retry shortly"),
+}
+
+
+@dataclass
+class Deps:
+    """What the routes need, made by the lifespan."""
+
+    store: TaskStore
+    verifier: TokenVerifier
+    cursor_secret: bytes
+    written: Callable[[], None]
+
+
+def deps(request: Request) -> Deps:
+    """The lifespan's dependencies."""
+    found: Deps = request.app.state.deps
+    return found
+
+
+DepsDep = Annotated[Deps, Depends(deps)]
+
+
+async def caller(d: DepsDep, authorization: Annotated[str | None, Header()] = None) -> str:
+    """The verified token's subject; one uniform 401 whatever is wrong with the token."""
+    scheme, _, token = (authorization or "").partition(" ")
+    unauthorized = ProblemError(
+        401, "missing or invalid access token", headers={"WWW-Authenticate": "Bearer"}
+    )
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthorized
+    try:
+        claims = await d.verifier.verify(token.strip())
+    except TokenError:
+        raise unauthorized from None
+    return claims.sub
+
+
+Owner = Annotated[str, Depends(caller)]
+
+
+def _task_id(task_id: str) -> str:
+    if not _ID.fullmatch(task_id):
+        raise TaskNotFoundError(task_id)  # malformed ids do not exist either
+    return task_id
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
+
+
+def _task_response(
+    task: Task, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    all_headers = {"ETag": etag(task.version), "Cache-Control": "private, no-cache"}
+    return _json(task.model_dump(mode="json"), status, all_headers | (headers or {}))
+
+
+router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+
+
+@router.post("", status_code=201, response_model=Task)
+async def create_task(
+    body: TaskCreate,
+    owner: Owner,
+    d: DepsDep,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Create a task; a retry with the same Idempotency-Key returns the first result."""
+    if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        raise ProblemError(400, "Idempotency-Key must be 1..200 visible ASCII characters")
+    task = new_task(new_task_id(), owner, body, now_ms())
+    stored, replayed = await d.store.create(
+        task,
+        wrap(TaskCreated(task=task.snapshot()), owner),
+        idem_key=idempotency_key,
+        fingerprint=body.fingerprint(),
+    )
+    d.written()
+    headers = {"Location": f"/api/tasks/{stored.id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return _task_response(stored, 201, headers)
+
+
+@router.get("", response_model=TaskPage)
+async def list_tasks(query: Annotated[ListQuery, Query()], owner: Owner, d: DepsDep) -> Response:
+    """The caller's tasks, filtered, sorted, one page at a time (opaque cursor)."""
+    after = decode_cursor(d.cursor_secret, query, query.cursor) if query.cursor else None
+    items, position = await d.store.page(owner, query, after)
+    cursor = encode_cursor(d.cursor_secret, query, position) if position else None
+    body = {"items": [t.model_dump(mode="json") for t in items], "next_cursor": cursor}
+    return _json(body, headers={"Cache-Control": "private, no-cache"})
+
+
+@router.get("/stats", response_model=TaskStats)
+async def task_stats(owner: Owner, d: DepsDep) -> Response:
+    """Counts of the caller's tasks by status and by priority."""
+    stats = await d.store.stats(owner)
+    return _json(stats.model_dump(mode="json"), headers={"Cache-Control": "private, no-cache"})
+
+
+@router.get("/{task_id}", response_model=Task)
+async def get_task(
+    task_id: str,
+    owner: Owner,
+    d: DepsDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """One task; 304 when If-None-Match names its current version."""
+    task = await d.store.get(owner, _task_id(task_id))
+    if if_none_match_hit(if_none_match, task.version):
+        return Response(status_code=304, headers={"ETag": etag(task.version)})
+    return _task_response(task)
+
+
+@router.patch("/{task_id}", response_model=Task)
+async def update_task(
+    task_id: str,
+    body: TaskPatch,
+    owner: Owner,
+    d: DepsDep,
+    if_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Change some fields; 412 when If-Match names a stale version."""
+
+    def change(task: Task) -> tuple[Task, Any]:
+        if not if_match_ok(if_match, task.version):
+            raise PreconditionFailedError(task.id)
+        return apply_patch(task, body, now_ms())
+
+    task = await d.store.mutate(owner, _task_id(task_id), change, lambda p: wrap(p, owner))
+    d.written()
+    return _task_response(task)
+
+
+@router.delete("/{task_id}", status_code=204)
+async def delete_task(
+    task_id: str,
+    owner: Owner,
+    d: DepsDep,
+    if_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Delete a task; 412 when If-Match names a stale version."""
+
+    def check(task: Task) -> TaskDeleted:
+        if not if_match_ok(if_match, task.version):
+            raise PreconditionFailedError(task.id)
+        return TaskDeleted(task_id=task.id, owner=owner)
+
+    await d.store.delete(owner, _task_id(task_id), check, lambda p: wrap(p, owner))
+    d.written()
+    return Response(status_code=204)
+
+
+def install_task_error_handlers(app: FastAPI) -> None:
+    """Map each domain error to its HTTP status."""
+
+    async def on_task_error(request: Request, exc: Exception) -> Response:
+        status, detail = _ERRORS[type(exc)] if isinstance(exc, TaskError) else (500, "error")
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return problem_response(status, detail, instance=request.url.path, headers=headers)
+
+    for error in _ERRORS:
+        app.add_exception_handler(error, on_task_error)
+
+
+class EdgeMiddleware:
+    """Per request: a server span continuing the caller's trace, and a cap on the body size."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self._app = app
+        self._max = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Wrap one request."""
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if int(headers.get("content-length") or 0) > self._max:
+            await self._too_large(scope, send)
+            return
+        with _tracer.start_as_current_span(
+            f"HTTP {scope['method']}",
+            context=propagate.extract(headers),
+            kind=trace.SpanKind.SERVER,
+        ):
+            await self._app(scope, self._counting(receive), send)
+
+    def _counting(self, receive: Receive) -> Callable[[], Awaitable[Message]]:
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self._max:
+                raise ProblemError(413, f"request body over {self._max} bytes")
+            return message
+
+        return counted
+
+    async def _too_large(self, scope: Scope, send: Send) -> None:
+        response = problem_response(413, f"request body over {self._max} bytes")
+        await response(scope, _empty, send)
+
+
+async def _empty() -> Message:
+    return {"type": "http.disconnect"}

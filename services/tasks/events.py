@@ -1,0 +1,131 @@
+"""Publishing side of the tasks service: the outbox relay and the due-date reminder scan.
+
+The tasks service consumes nothing; every event it emits leaves through a task's outbox.
+"""
+
+import asyncio
+import logging
+from contextlib import suppress
+
+from faststream.kafka import KafkaBroker
+from opentelemetry import propagate, trace
+
+from common.events import TASKS_TOPIC, Envelope, Payload, TaskDueSoon, new_event
+from common.kafka import publish
+from services.tasks.domain import Task, now_ms, reminder_deadline
+from services.tasks.settings import TasksSettings
+from services.tasks.storage import Doc, TaskStore
+
+SOURCE = "/tasks"
+_log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current span, so the trace survives the outbox."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def wrap(payload: Payload, owner: str) -> Envelope:
+    """A task event in its envelope, keyed by the owner, carrying the current trace."""
+    return new_event(payload, source=SOURCE, subject=owner, traceparent=current_traceparent())
+
+
+class OutboxRelay:
+    """Publishes outbox entries in order per task, then removes exactly those entries."""
+
+    def __init__(self, store: TaskStore, broker: KafkaBroker, settings: TasksSettings) -> None:
+        self._store = store
+        self._broker = broker
+        self._settings = settings
+        self._wake = asyncio.Event()
+        self._parallel = asyncio.Semaphore(16)
+
+    def wake(self) -> None:
+        """Something was written: relay now instead of at the next interval."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Relay until cancelled."""
+        while True:
+            self._wake.clear()
+            try:
+                busy = await self.drain()
+            except Exception:  # noqa: BLE001 - the relay outlives a bad round; it is logged
+                _log.exception("outbox relay round failed")
+                busy = False
+            if not busy:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._settings.relay_interval_s)
+
+    async def drain(self) -> bool:
+        """One round over pending tasks; True when a full batch moved (more may wait)."""
+        ids = await self._store.pending_ids(self._settings.relay_batch)
+        moved = await asyncio.gather(*(self._relay_task(task_id) for task_id in ids))
+        return len(ids) == self._settings.relay_batch and sum(moved) > 0
+
+    async def _relay_task(self, task_id: str) -> int:
+        async with (
+            self._parallel,
+            self._store.leases.hold(
+                f"r:{task_id}", ttl_s=self._settings.relay_lease_s, wait_s=0
+            ) as held,
+        ):
+            if not held:
+                return 0  # another replica is on it
+            done: list[Doc] = []
+            for entry in await self._store.outbox(task_id):
+                try:
+                    await self._publish(Envelope.model_validate(entry["event"]))
+                except Exception:  # noqa: BLE001 - any failure: keep the entry, retry later
+                    # Later entries wait: order per task matters more than progress.
+                    _log.exception("publishing %s failed; retrying later", entry["id"])
+                    break
+                done.append(entry)
+            if done:
+                await self._store.remove_published(task_id, done)
+            return len(done)
+
+    async def _publish(self, event: Envelope) -> None:
+        parent = propagate.extract({"traceparent": event.traceparent or ""})
+        with _tracer.start_as_current_span(
+            f"{TASKS_TOPIC} publish", context=parent, kind=trace.SpanKind.PRODUCER
+        ) as span:
+            span.set_attribute("messaging.message.id", event.id)
+            await publish(self._broker, self._settings, TASKS_TOPIC, event)
+
+
+class ReminderScan:
+    """Emits task.due_soon.v1 once per due date, through the outbox."""
+
+    def __init__(self, store: TaskStore, settings: TasksSettings, relay: OutboxRelay) -> None:
+        self._store = store
+        self._settings = settings
+        self._relay = relay
+
+    async def run(self) -> None:
+        """Scan periodically until cancelled."""
+        while True:
+            try:
+                await self.scan()
+            except Exception:  # noqa: BLE001 - the scan outlives a bad round; it is logged
+                _log.exception("reminder scan failed")
+            # A periodic schedule, not a wait on a condition.
+            await asyncio.sleep(self._settings.reminder_interval_s)
+
+    async def scan(self) -> int:
+        """Claim and emit every owed reminder now due within the lead time."""
+        until = reminder_deadline(now_ms(), self._settings.reminder_lead_s)
+        sent = 0
+        for task_id in await self._store.reminder_candidates(until, 200):
+            if await self._store.claim_reminder(task_id, until, _due_soon):
+                sent += 1
+        if sent:
+            self._relay.wake()
+        return sent
+
+
+def _due_soon(task: Task) -> Envelope:
+    return new_event(TaskDueSoon(task=task.snapshot()), source=SOURCE, subject=task.owner)

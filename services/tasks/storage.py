@@ -1,0 +1,377 @@
+"""MongoDB access for tasks: documents, indexes, locked read-modify-write, outbox entries.
+
+Only features FerretDB 1.24 and MongoDB share: no transactions, no change streams, no $lookup.
+"""
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from common.events import Envelope, Payload
+from services.tasks.domain import (
+    PRIORITY_RANK,
+    RANK_PRIORITY,
+    BusyError,
+    CursorPosition,
+    IdempotencyMismatchError,
+    IdempotentTaskGoneError,
+    ListQuery,
+    Task,
+    TaskNotFoundError,
+    TaskStats,
+    escape_regex,
+    wants_reminder,
+)
+
+Doc = dict[str, Any]
+Wrap = Callable[[Payload], Envelope]
+Mutation = Callable[[Task], tuple[Task, Payload | None]]
+# "No due date" sorts after every real date (ascending), the same way on FerretDB and MongoDB.
+NO_DUE = datetime(9999, 12, 31, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SORT_INDEX = {
+    "created_at": "owner_created_at",
+    "due_at": "owner_due_at",
+    "priority": "owner_priority",
+}
+INDEXES = [
+    IndexModel([("owner", ASCENDING), ("status", ASCENDING)], name="owner_status"),
+    # The _id suffix lets keyset pagination walk the index without an in-memory sort.
+    IndexModel(
+        [("owner", ASCENDING), ("priority", ASCENDING), ("_id", ASCENDING)],
+        name="owner_priority",
+    ),
+    IndexModel(
+        [("owner", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+        name="owner_created_at",
+    ),
+    IndexModel(
+        [("owner", ASCENDING), ("due_at", ASCENDING), ("_id", ASCENDING)], name="owner_due_at"
+    ),
+    IndexModel([("owner", ASCENDING), ("idem", ASCENDING)], name="owner_idem", unique=True),
+    IndexModel([("pending", ASCENDING)], name="outbox_pending"),
+    IndexModel([("remind", ASCENDING), ("due_at", ASCENDING)], name="reminders"),
+]
+
+
+class DocLocks:
+    """Mutual exclusion between processes via lock documents (a unique _id insert is atomic).
+
+    A holder that dies leaves its lock until `expires_at`; then others may take it over.
+    """
+
+    def __init__(self, coll: AsyncCollection[Doc], *, enabled: bool = True) -> None:
+        self._coll = coll
+        self.enabled = enabled
+
+    async def _try(self, key: str, token: str, ttl_s: float) -> bool:
+        now = datetime.now(UTC)
+        try:
+            await self._coll.insert_one(
+                {"_id": key, "holder": token, "expires_at": now + timedelta(seconds=ttl_s)}
+            )
+        except DuplicateKeyError:
+            await self._coll.delete_one({"_id": key, "expires_at": {"$lt": now}})
+            return False
+        return True
+
+    @asynccontextmanager
+    async def hold(
+        self, key: str, *, ttl_s: float = 10.0, wait_s: float = 5.0
+    ) -> AsyncIterator[bool]:
+        """Hold `key` (yields True), or yield False if it stays taken for `wait_s`."""
+        if not self.enabled:
+            yield True
+            return
+        token, deadline, pause = uuid.uuid4().hex, time.monotonic() + wait_s, 0.002
+        while not (held := await self._try(key, token, ttl_s)) and time.monotonic() < deadline:
+            # Waiting on another holder: jittered backoff, there is nothing to subscribe to.
+            await asyncio.sleep(pause * random.uniform(0.5, 1.5))  # noqa: S311
+            pause = min(pause * 2, 0.05)
+        try:
+            yield held
+        finally:
+            if held:
+                await self._coll.delete_one({"_id": key, "holder": token})
+
+
+def to_doc(task: Task) -> Doc:
+    """The stored form of a task's own fields."""
+    return {
+        "_id": task.id,
+        "owner": task.owner,
+        "title": task.title,
+        "description": task.description,
+        "status": task.status,
+        "priority": PRIORITY_RANK[task.priority],
+        "due_at": task.due_at or NO_DUE,
+        "tags": list(task.tags),
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "completed_at": task.completed_at,
+        "version": task.version,
+    }
+
+
+def from_doc(doc: Doc) -> Task:
+    """The task a stored document holds."""
+    due = doc["due_at"]
+    return Task(
+        id=doc["_id"],
+        owner=doc["owner"],
+        title=doc["title"],
+        description=doc["description"],
+        status=doc["status"],
+        priority=RANK_PRIORITY[doc["priority"]],
+        due_at=None if due >= NO_DUE else due,
+        tags=tuple(doc["tags"]),
+        created_at=doc["created_at"],
+        updated_at=doc["updated_at"],
+        completed_at=doc["completed_at"],
+        version=doc["version"],
+    )
+
+
+def outbox_entry(event: Envelope) -> Doc:
+    """An outbox array element; the relay removes it by exact value after publishing."""
+    return {"id": event.id, "event": event.model_dump(mode="json")}
+
+
+def list_filter(owner: str, query: ListQuery, after: CursorPosition | None) -> Doc:
+    """The find filter of one list page (keyset pagination after `after`)."""
+    base: Doc = {"owner": owner, "deleted": False}
+    if query.status:
+        base["status"] = query.status
+    if query.priority:
+        base["priority"] = PRIORITY_RANK[query.priority]
+    if query.tag:
+        base["tags"] = query.tag
+    due: Doc = {}
+    if query.due_before:
+        due["$lt"] = query.due_before
+    if query.due_after:
+        due["$gt"] = query.due_after
+        due.setdefault("$lt", NO_DUE)
+    if due:
+        base["due_at"] = due
+    if query.q:
+        base["title"] = {"$regex": escape_regex(query.q), "$options": "i"}
+    if after is None:
+        return base
+    op = "$lt" if query.descending else "$gt"
+    field = query.sort_field
+    keyset = {"$or": [{field: {op: after.value}}, {field: after.value, "_id": {op: after.id}}]}
+    return {"$and": [base, keyset]}
+
+
+def list_sort(query: ListQuery) -> list[tuple[str, int]]:
+    """Sort spec: the field, then _id, same direction (a total order for keyset paging)."""
+    direction = DESCENDING if query.descending else ASCENDING
+    return [(query.sort_field, direction), ("_id", direction)]
+
+
+class TaskStore:
+    """The tasks collection and its lock documents."""
+
+    def __init__(
+        self, db: AsyncDatabase[Doc], *, locks: bool, lock_wait_s: float, outbox_max: int
+    ) -> None:
+        self.tasks: AsyncCollection[Doc] = db["tasks"]
+        self.locks = DocLocks(db["locks"], enabled=locks)
+        # Relay leases are wanted on MongoDB too: one replica publishes a task's outbox at a time.
+        self.leases = DocLocks(db["locks"])
+        self._wait = lock_wait_s
+        self._outbox_max = outbox_max
+
+    async def ensure_indexes(self) -> None:
+        """Create every index (idempotent: same names and keys are a no-op)."""
+        await self.tasks.create_indexes(INDEXES)
+
+    async def create(
+        self, task: Task, event: Envelope, *, idem_key: str | None, fingerprint: str
+    ) -> tuple[Task, bool]:
+        """Insert the task with its created event; (task, replayed) for an Idempotency-Key retry."""
+        doc = to_doc(task) | {
+            "deleted": False,
+            "idem": f"k:{idem_key}" if idem_key else f"id:{task.id}",
+            "fp": fingerprint,
+            "remind": wants_reminder(task, None),
+            "reminded_for": None,
+            "outbox": [outbox_entry(event)],
+            "pending": True,
+        }
+        try:
+            await self.tasks.insert_one(doc)
+        except DuplicateKeyError:
+            if not idem_key:
+                raise
+            first = await self.tasks.find_one({"owner": task.owner, "idem": f"k:{idem_key}"})
+            if first is None:
+                raise
+            if first["fp"] != fingerprint:
+                raise IdempotencyMismatchError(idem_key) from None
+            if first["deleted"]:
+                raise IdempotentTaskGoneError(idem_key) from None
+            return from_doc(first), True
+        return task, False
+
+    async def get(self, owner: str, task_id: str) -> Task:
+        """The live task, or TaskNotFoundError."""
+        doc = await self.tasks.find_one({"_id": task_id, "owner": owner, "deleted": False})
+        if doc is None:
+            raise TaskNotFoundError(task_id)
+        return from_doc(doc)
+
+    async def mutate(self, owner: str, task_id: str, change: Mutation, wrap: Wrap) -> Task:
+        """Apply `change` atomically with its event; retried when a concurrent write wins."""
+        async with self.locks.hold(f"w:{task_id}", wait_s=self._wait) as held:
+            if not held:
+                raise BusyError(task_id)
+            for _ in range(5):
+                doc = await self.tasks.find_one({"_id": task_id, "owner": owner, "deleted": False})
+                if doc is None:
+                    raise TaskNotFoundError(task_id)
+                before = from_doc(doc)
+                after, payload = change(before)
+                if payload is None:
+                    return before
+                if len(doc["outbox"]) >= self._outbox_max:
+                    raise BusyError(task_id)  # Kafka has been down long: push back, lose nothing
+                fields = to_doc(after)
+                fields.pop("_id")
+                fields["remind"] = wants_reminder(after, doc["reminded_for"])
+                if await self._write(doc, {"$set": fields}, wrap(payload)):
+                    return after
+        raise BusyError(task_id)
+
+    async def delete(
+        self, owner: str, task_id: str, check: Callable[[Task], Payload], wrap: Wrap
+    ) -> None:
+        """Turn the task into a tombstone holding its deleted event; the relay removes it later."""
+        async with self.locks.hold(f"w:{task_id}", wait_s=self._wait) as held:
+            if not held:
+                raise BusyError(task_id)
+            for _ in range(5):
+                doc = await self.tasks.find_one({"_id": task_id, "owner": owner, "deleted": False})
+                if doc is None:
+                    raise TaskNotFoundError(task_id)
+                payload = check(from_doc(doc))
+                update = {"$set": {"deleted": True, "remind": False}, "$inc": {"version": 1}}
+                if await self._write(doc, update, wrap(payload)):
+                    return
+        raise BusyError(task_id)
+
+    async def _write(self, doc: Doc, update: Doc, event: Envelope) -> bool:
+        """Conditional on the version read, so a concurrent writer can never be overwritten."""
+        update.setdefault("$set", {})["pending"] = True
+        update["$push"] = {"outbox": outbox_entry(event)}
+        result = await self.tasks.update_one(
+            {"_id": doc["_id"], "version": doc["version"], "deleted": False}, update
+        )
+        return result.modified_count == 1
+
+    async def page(
+        self, owner: str, query: ListQuery, after: CursorPosition | None
+    ) -> tuple[list[Task], CursorPosition | None]:
+        """One page, plus the position after its last item when more may follow."""
+        cursor = (
+            self.tasks.find(list_filter(owner, query, after), {"outbox": 0})
+            .sort(list_sort(query))
+            .limit(query.limit + 1)
+            .hint(SORT_INDEX[query.sort_field])
+        )
+        docs = await cursor.to_list()
+        more = len(docs) > query.limit
+        docs = docs[: query.limit]
+        last = docs[-1] if more else None
+        position = CursorPosition(value=last[query.sort_field], id=last["_id"]) if last else None
+        return [from_doc(d) for d in docs], position
+
+    async def stats(self, owner: str) -> TaskStats:
+        """Counts by status and by priority of the owner's live tasks."""
+        pipeline: list[Doc] = [
+            {"$match": {"owner": owner, "deleted": False}},
+            {"$group": {"_id": {"s": "$status", "p": "$priority"}, "n": {"$sum": 1}}},
+        ]
+        by_status = dict.fromkeys(("todo", "in_progress", "done"), 0)
+        by_priority = dict.fromkeys(PRIORITY_RANK, 0)
+        async for row in await self.tasks.aggregate(pipeline):
+            by_status[row["_id"]["s"]] += row["n"]
+            by_priority[RANK_PRIORITY[row["_id"]["p"]]] += row["n"]
+        return TaskStats.model_validate(
+            {"total": sum(by_status.values()), "by_status": by_status, "by_priority": by_priority}
+        )
+
+    # --- outbox relay -------------------------------------------------------------------
+
+    async def pending_ids(self, limit: int) -> list[str]:
+        """Tasks whose outbox holds unpublished events."""
+        found = self.tasks.find({"pending": True}, {"_id": 1}).hint("outbox_pending").limit(limit)
+        return [doc["_id"] async for doc in found]
+
+    async def outbox(self, task_id: str) -> list[Doc]:
+        """The task's unpublished events, oldest first."""
+        doc = await self.tasks.find_one({"_id": task_id}, {"outbox": 1})
+        return list(doc["outbox"]) if doc else []
+
+    async def remove_published(self, task_id: str, entries: list[Doc]) -> None:
+        """Drop exactly these entries; clear the flag or the tombstone once nothing is left."""
+        async with self.locks.hold(f"w:{task_id}", wait_s=self._wait) as held:
+            if not held:
+                return  # the entries stay and are published again: duplicates, never losses
+            await self.tasks.update_one({"_id": task_id}, {"$pullAll": {"outbox": entries}})
+            empty = {"_id": task_id, "outbox": {"$size": 0}}
+            await self.tasks.delete_one(empty | {"deleted": True})
+            await self.tasks.update_one(empty | {"pending": True}, {"$set": {"pending": False}})
+
+    # --- due-date reminders -------------------------------------------------------------
+
+    async def reminder_candidates(self, until: datetime, limit: int) -> list[str]:
+        """Tasks owed a reminder whose due date is at or before `until`."""
+        found = (
+            self.tasks.find({"remind": True, "due_at": {"$lte": until}}, {"_id": 1})
+            .hint("reminders")
+            .limit(limit)
+        )
+        return [doc["_id"] async for doc in found]
+
+    async def claim_reminder(
+        self, task_id: str, until: datetime, make: Callable[[Task], Envelope]
+    ) -> bool:
+        """Record the reminder and its event once; False if already sent or no longer due."""
+        async with self.locks.hold(f"w:{task_id}", wait_s=self._wait) as held:
+            if not held:
+                return False
+            doc = await self.tasks.find_one({"_id": task_id, "remind": True, "deleted": False})
+            if doc is None or doc["due_at"] > until:
+                return False
+            event = make(from_doc(doc))
+            result = await self.tasks.update_one(
+                {
+                    "_id": task_id,
+                    "remind": True,
+                    "due_at": doc["due_at"],
+                    "version": doc["version"],
+                },
+                {
+                    "$set": {"remind": False, "reminded_for": doc["due_at"], "pending": True},
+                    "$push": {"outbox": outbox_entry(event)},
+                },
+            )
+            return result.modified_count == 1
+
+
+def new_task_id() -> str:
+    """A fresh task id (ObjectId hex: 24 lowercase hex digits)."""
+    return str(ObjectId())
