@@ -1,16 +1,30 @@
 """Composition root of the notifier service."""
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+import random
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
+import aiohttp
 from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from common.events import NOTIFIER_DLQ_TOPIC, NOTIFIER_RETRY_TOPIC, TASKS_TOPIC, USERS_TOPIC
 from common.health import Check, health_routes
 from common.infra import open_broker, open_mongo, ping_kafka, ping_mongo
+from common.kafka import make_broker
 from common.problems import install_problem_handlers
+from common.tokens import JwksCache, KeySource, StaticKeys, TokenVerifier
+from services.notifier.api import BodyLimit, router
+from services.notifier.delivery import Deliverer
+from services.notifier.events import Pipeline, Subscribers, notifier_topics, register
+from services.notifier.mailer import Mailer
+from services.notifier.metrics import Metrics
 from services.notifier.settings import NotifierSettings
+from services.notifier.storage import Store
 
 
 async def _ping_smtp(settings: NotifierSettings) -> None:
@@ -25,21 +39,61 @@ async def _ping_smtp(settings: NotifierSettings) -> None:
         await writer.wait_closed()
 
 
+def _key_source(settings: NotifierSettings, session: aiohttp.ClientSession) -> KeySource:
+    """A fixed JWKS when configured, else the auth service's JWKS endpoint (cached)."""
+    if settings.jwks_json:
+        return StaticKeys(json.loads(settings.jwks_json))
+
+    async def fetch() -> Mapping[str, Any]:
+        async with session.get(settings.jwks_url, timeout=aiohttp.ClientTimeout(total=3)) as resp:
+            resp.raise_for_status()
+            body: Mapping[str, Any] = await resp.json()
+            return body
+
+    return JwksCache(fetch)
+
+
 def create_app(settings: NotifierSettings) -> FastAPI:
     """Build the notifier app; clients are made in the lifespan, not here."""
     checks: dict[str, Check] = {"smtp": lambda: _ping_smtp(settings)}
-    topics = [USERS_TOPIC, TASKS_TOPIC, NOTIFIER_RETRY_TOPIC, NOTIFIER_DLQ_TOPIC]
+    metrics = Metrics()
+    subscribers: list[Subscribers] = []
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             mongo = await stack.enter_async_context(open_mongo(settings))
-            broker = await stack.enter_async_context(open_broker(settings, topics))
+            store = Store(mongo[settings.mongo_db])
+            await store.ensure_indexes()
+            session = await stack.enter_async_context(aiohttp.ClientSession())
+            app.state.store = store
+            app.state.verifier = TokenVerifier(
+                _key_source(settings, session),
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
+            )
+            broker = make_broker(settings)
+            deliverer = Deliverer(settings, store, Mailer(settings), metrics)
+            pipeline = Pipeline(broker, settings, deliverer, metrics, random.Random())  # noqa: S311 - jitter, not secrecy
+            subs = register(broker, settings, pipeline)
+            subscribers.append(subs)
+            stack.callback(subs.pauser.cancel)
+            await stack.enter_async_context(
+                open_broker(settings, notifier_topics(settings), broker)
+            )
             checks["mongo"] = lambda: ping_mongo(mongo)
             checks["kafka"] = lambda: ping_kafka(broker)
             yield
 
+    async def metrics_endpoint(_: Request) -> Response:
+        consumers = [c for subs in subscribers for c in subs.consumers()]
+        body = await metrics.render(consumers)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
     app = FastAPI(title="Taskbus notifier", lifespan=lifespan)
     install_problem_handlers(app)
+    app.add_middleware(BodyLimit)
+    app.include_router(router)
     app.router.routes.extend(health_routes(lambda: checks))
+    app.router.routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     return app

@@ -1,8 +1,24 @@
 """Notifier service settings (env prefix NOTIFIER_, shared values from TASKBUS_)."""
 
+import ipaddress
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import ServiceSettings
+
+DEV_RESET_URL = "http://127.0.0.1:8000/reset-password?token={token}"
+DEV_MAIL_FROM = "Taskbus <noreply@taskbus.local>"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class NotifierSettings(ServiceSettings):
@@ -13,5 +29,50 @@ class NotifierSettings(ServiceSettings):
     service_name: str = "notifier"
     port: int = 8003
     mongo_db: str = "taskbus_notifier"
+    # Optional fixed JWKS (JSON text); when set, the JWKS URL is not fetched.
+    jwks_json: str | None = None
+
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
+    smtp_security: Literal["none", "starttls", "tls"] = "none"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    mail_from: str = DEV_MAIL_FROM
+    # `{token}` is replaced by the URL-encoded reset token.
+    reset_url_template: str = DEV_RESET_URL
+
+    # Retry ladder: attempt n+1 waits base * factor**n (+/- jitter) in tier topic n.
+    retry_tiers: int = Field(default=4, ge=1, le=8)
+    retry_base_delay_s: float = Field(default=5.0, gt=0)
+    retry_factor: float = Field(default=4.0, ge=1)
+    retry_jitter: float = Field(default=0.2, ge=0, lt=1)
+    # A claim older than this is presumed dead (its process crashed) and may be taken over.
+    claim_lease_s: float = Field(default=30.0, gt=0)
+    # Per-user cap on sent mails per fixed window; welcome mails do not count against it.
+    rate_limit_count: int = Field(default=20, ge=1)
+    rate_limit_window_s: int = Field(default=3600, ge=1)
+    consumer_session_timeout_ms: int = Field(default=10_000, ge=6000)
+    # Pause after an infrastructure error (Mongo, Kafka) before the same record is retried.
+    infra_backoff_s: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if "{token}" not in self.reset_url_template:
+            raise ValueError("reset_url_template must contain {token}")
+        if self.claim_lease_s <= self.smtp_timeout_s:
+            raise ValueError("claim_lease_s must exceed smtp_timeout_s")
+        if self.is_production:
+            if self.reset_url_template == DEV_RESET_URL or not self.reset_url_template.startswith(
+                "https://"
+            ):
+                raise ValueError("production needs an https NOTIFIER_RESET_URL_TEMPLATE")
+            if self.mail_from == DEV_MAIL_FROM:
+                raise ValueError("production needs NOTIFIER_MAIL_FROM")
+            if self.smtp_security == "none" and not _is_loopback(self.smtp_host):
+                raise ValueError("production refuses plain SMTP to a non-local relay")
+        return self
+
+    def retry_delay_s(self, tier: int) -> float:
+        """The nominal delay before the attempt made from retry tier `tier` (0-based)."""
+        return float(self.retry_base_delay_s * self.retry_factor**tier)

@@ -1,0 +1,90 @@
+"""HTTP routes of the notifier: the user's notification preferences."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from common.problems import ProblemError, problem_response
+from common.tokens import AccessClaims, TokenError, TokenVerifier
+from services.notifier.domain import Preferences
+from services.notifier.storage import Store
+
+MAX_BODY_BYTES = 4096
+_UNAUTHORIZED = ProblemError(
+    401, "missing or invalid access token", headers={"WWW-Authenticate": 'Bearer realm="taskbus"'}
+)
+
+
+def _verifier(request: Request) -> TokenVerifier:
+    verifier: TokenVerifier = request.app.state.verifier
+    return verifier
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+async def current_user(
+    request: Request, verifier: Annotated[TokenVerifier, Depends(_verifier)]
+) -> AccessClaims:
+    """The verified caller; one uniform 401 whatever is wrong with the token."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token or len(token) > 8192:
+        raise _UNAUTHORIZED
+    try:
+        return await verifier.verify(token.strip())
+    except TokenError:
+        raise _UNAUTHORIZED from None
+
+
+Caller = Annotated[AccessClaims, Depends(current_user)]
+Storage = Annotated[Store, Depends(_store)]
+router = APIRouter(prefix="/api/notifications", tags=["notifications"])
+
+
+@router.get("/preferences")
+async def get_preferences(caller: Caller, store: Storage) -> Preferences:
+    """The caller's notification preferences."""
+    return await store.preferences(caller.sub)
+
+
+@router.put("/preferences")
+async def put_preferences(body: Preferences, caller: Caller, store: Storage) -> Preferences:
+    """Replace the caller's notification preferences (welcome and reset mails always go)."""
+    await store.save_preferences(caller.sub, body)
+    return body
+
+
+class BodyLimit:
+    """Answers 413 before a body larger than `limit` bytes is read into memory."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the declared length, then count what actually arrives."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._too_large(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise ProblemError(413, f"request body exceeds {self.limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(413, f"request body exceeds {self.limit} bytes")
+        await response(scope, receive, send)

@@ -1,0 +1,76 @@
+"""Rendering mails from Jinja2 templates and handing them to the SMTP relay."""
+
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate
+from pathlib import Path
+
+import aiosmtplib
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from services.notifier.domain import Mail, PermanentError, TransientError, message_id, subject
+from services.notifier.settings import NotifierSettings
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def template_env() -> Environment:
+    """HTML templates autoescape; plain-text ones do not (escaping would corrupt them)."""
+    return Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+class Mailer:
+    """Renders a Mail into a multipart message and sends it."""
+
+    def __init__(self, settings: NotifierSettings) -> None:
+        self._settings = settings
+        self._env = template_env()
+
+    def render(self, mail: Mail, email: str, name: str) -> EmailMessage:
+        """A text/plain + text/html alternative message with a Message-ID fixed by the event."""
+        title = subject(mail)
+        context = {**mail.context, "name": name, "subject": title}
+        message = EmailMessage()
+        message["From"] = self._settings.mail_from
+        message["To"] = formataddr((" ".join(name.split()), email))
+        message["Subject"] = title
+        message["Date"] = formatdate(localtime=False, usegmt=True)
+        message["Message-ID"] = message_id(mail.event_id, self._settings.mail_from)
+        message["X-Taskbus-Kind"] = mail.kind
+        message["Auto-Submitted"] = "auto-generated"
+        message.set_content(self._env.get_template(f"{mail.kind}.txt").render(context))
+        message.add_alternative(
+            self._env.get_template(f"{mail.kind}.html").render(context), subtype="html"
+        )
+        return message
+
+    async def send(self, message: EmailMessage) -> None:
+        """Send; TransientError when trying again later may help, PermanentError when it cannot."""
+        s = self._settings
+        try:
+            await aiosmtplib.send(
+                message,
+                hostname=s.smtp_host,
+                port=s.smtp_port,
+                username=s.smtp_username,
+                password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+                use_tls=s.smtp_security == "tls",
+                start_tls=s.smtp_security == "starttls",
+                timeout=s.smtp_timeout_s,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [refused.code for refused in exc.recipients]
+            if codes and all(code >= 500 for code in codes):
+                raise PermanentError(f"recipient refused: {codes}") from exc
+            raise TransientError(f"recipient deferred: {codes}") from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            # 5xx is the relay's final word on this message; 4xx (and auth trouble) may pass.
+            if exc.code >= 500 and not isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+                raise PermanentError(f"SMTP {exc.code}: {exc.message}"[:300]) from exc
+            raise TransientError(f"SMTP {exc.code}: {exc.message}"[:300]) from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}"[:300]) from exc

@@ -1,0 +1,326 @@
+"""The notifier against real Kafka, FerretDB and the SMTP sink: one app per module, in-process."""
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer
+from faststream.kafka import KafkaBroker
+from pymongo import AsyncMongoClient
+
+from common.events import (
+    NOTIFIER_DLQ_TOPIC,
+    TASKS_TOPIC,
+    USERS_TOPIC,
+    Envelope,
+    PasswordResetRequested,
+    SessionsRevoked,
+    TaskCompleted,
+    TaskDueSoon,
+    TaskSnapshot,
+    UserRegistered,
+    new_event,
+)
+from common.infra import open_broker
+from common.kafka import publish
+from services.notifier.app import create_app
+from services.notifier.domain import MAIL_CONSUMER
+from services.notifier.settings import NotifierSettings
+from tests.support.infra import KAFKA_BOOTSTRAP, MONGO_URL, SMTP_PORT
+from tests.support.mail import messages_to, wait_for_mail
+from tests.support.tokens import SigningKey
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def signing_key() -> SigningKey:
+    return SigningKey.generate()
+
+
+@pytest.fixture(scope="module")
+def settings(signing_key: SigningKey) -> NotifierSettings:
+    prefix = f"n{uuid.uuid4().hex[:10]}"
+    return NotifierSettings(
+        environment="test",
+        kafka_bootstrap=KAFKA_BOOTSTRAP,
+        topic_prefix=f"{prefix}.",
+        mongo_url=MONGO_URL,
+        mongo_db=f"{prefix}_notifier",
+        smtp_port=SMTP_PORT,
+        smtp_timeout_s=2,
+        claim_lease_s=4,
+        retry_tiers=2,
+        retry_base_delay_s=0.3,
+        retry_factor=2,
+        rate_limit_count=3,
+        jwks_json=json.dumps(signing_key.jwks()),
+        reset_url_template="https://app.taskbus.test/reset?token={token}",
+    )
+
+
+@pytest.fixture(scope="module")
+async def client(settings: NotifierSettings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://notifier") as http:
+            yield http
+
+
+@pytest.fixture(scope="module")
+async def producer(
+    settings: NotifierSettings, client: httpx.AsyncClient
+) -> AsyncIterator[KafkaBroker]:
+    async with open_broker(settings, [USERS_TOPIC, TASKS_TOPIC]) as broker:
+        yield broker
+
+
+def registered(email: str, user_id: str | None = None, name: str = "Ada") -> Envelope:
+    user_id = user_id or uuid.uuid4().hex
+    payload = UserRegistered(user_id=user_id, email=email, name=name)
+    return new_event(payload, source="auth", subject=user_id)
+
+
+def due_soon(user_id: str, title: str, status: str = "todo") -> Envelope:
+    task = TaskSnapshot(
+        id=uuid.uuid4().hex,
+        owner=user_id,
+        title=title,
+        status=status,  # type: ignore[arg-type]
+        priority="high",
+        due_at=datetime.now(UTC) + timedelta(hours=1),
+        version=1,
+    )
+    return new_event(TaskDueSoon(task=task), source="tasks", subject=user_id)
+
+
+async def wait_for_metric(
+    client: httpx.AsyncClient, sample: str, at_least: float, within: float = 20.0
+) -> None:
+    """Poll /metrics until the sample reaches `at_least`."""
+    async with asyncio.timeout(within):
+        while True:
+            text = (await client.get("/metrics")).text
+            values = [
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith(sample)
+            ]
+            if values and values[0] >= at_least:
+                return
+            await asyncio.sleep(0.1)
+
+
+def parts(message: EmailMessage) -> dict[str, str]:
+    return {
+        part.get_content_type(): str(part.get_content())
+        for part in message.walk()
+        if not part.is_multipart()
+    }
+
+
+Record = tuple[bytes, dict[str, str]]
+
+
+async def read_raw(
+    topic: str, until: Callable[[list[Record]], bool], within: float = 30.0
+) -> list[Record]:
+    """Read `topic` from the beginning until `until(records)` holds."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=KAFKA_BOOTSTRAP,
+        group_id=f"test-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    found: list[Record] = []
+    try:
+        async with asyncio.timeout(within):
+            while not until(found):
+                batch = await consumer.getmany(timeout_ms=300)
+                for records in batch.values():
+                    found.extend(
+                        (r.value or b"", {k: v.decode() for k, v in r.headers}) for r in records
+                    )
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_registration_sends_a_multipart_welcome_to_the_user(
+    settings: NotifierSettings, producer: KafkaBroker, prefix: str
+) -> None:
+    email = f"{prefix}@example.com"
+    await publish(producer, settings, USERS_TOPIC, registered(email, name="Ada <Lovelace>"))
+
+    [mail] = await wait_for_mail(email)
+    assert email in mail["To"]
+    assert mail["Subject"] == "Welcome to Taskbus, Ada <Lovelace>"
+    body = parts(mail)
+    assert set(body) == {"text/plain", "text/html"}
+    assert "Ada <Lovelace>" in body["text/plain"]
+    assert "Ada &lt;Lovelace&gt;" in body["text/html"]
+    assert "<Lovelace>" not in body["text/html"]
+
+
+async def test_the_same_event_twice_sends_one_mail(
+    settings: NotifierSettings, producer: KafkaBroker, prefix: str
+) -> None:
+    email = f"{prefix}@example.com"
+    event = registered(email)
+    await publish(producer, settings, USERS_TOPIC, event)
+    await publish(producer, settings, USERS_TOPIC, event)
+    # A later event of the same user (same partition) proves both copies were consumed.
+    marker = f"{prefix}-marker@example.com"
+    await publish(producer, settings, USERS_TOPIC, registered(marker, user_id=event.subject))
+
+    await wait_for_mail(marker)
+    assert len(messages_to(email)) == 1
+
+
+async def test_reset_request_mails_a_link_built_from_the_template(
+    settings: NotifierSettings, producer: KafkaBroker, prefix: str
+) -> None:
+    email = f"{prefix}@example.com"
+    payload = PasswordResetRequested(
+        user_id="u-reset",
+        email=email,
+        name="Bo",
+        reset_token="tok/en+1",
+        expires_at=datetime.now(UTC) + timedelta(minutes=30),
+    )
+    await publish(producer, settings, USERS_TOPIC, new_event(payload, source="auth", subject="u"))
+
+    [mail] = await wait_for_mail(email)
+    link = "https://app.taskbus.test/reset?token=tok%2Fen%2B1"
+    assert link in parts(mail)["text/plain"]
+    assert f'href="{link}"' in parts(mail)["text/html"]
+
+
+async def test_malformed_record_goes_to_the_dlq_and_later_events_still_arrive(
+    settings: NotifierSettings, producer: KafkaBroker, prefix: str
+) -> None:
+    user_id = f"{prefix}-user"
+    topic = settings.topic(USERS_TOPIC)
+    poison = f"{prefix} this is not an envelope".encode()
+    await producer.publish(poison, topic=topic, key=user_id.encode())
+    bad_payload = registered("x@example.com", user_id=user_id).model_copy(
+        update={"data": {"user_id": user_id}}
+    )
+    await publish(producer, settings, USERS_TOPIC, bad_payload)
+    email = f"{prefix}@example.com"
+    await publish(producer, settings, USERS_TOPIC, registered(email, user_id=user_id))
+
+    await wait_for_mail(email)
+
+    def both(records: list[Record]) -> bool:
+        return any(v == poison for v, _ in records) and any(
+            bad_payload.id.encode() in v for v, _ in records
+        )
+
+    found = await read_raw(settings.topic(NOTIFIER_DLQ_TOPIC), both)
+    [poisoned] = [h for v, h in found if v == poison]
+    assert poisoned["x-dlq-reason"] == "PoisonMessageError"
+    assert poisoned["x-dlq-attempts"] == "1"
+    assert poisoned["x-origin-topic"] == topic
+    [invalid] = [h for v, h in found if bad_payload.id.encode() in v]
+    assert "invalid user.registered.v1 payload" in invalid["x-error"]
+
+
+async def test_reminder_goes_to_the_registered_address_unless_opted_out(
+    settings: NotifierSettings,
+    producer: KafkaBroker,
+    client: httpx.AsyncClient,
+    signing_key: SigningKey,
+    prefix: str,
+) -> None:
+    user_id = f"{prefix}-user"
+    email = f"{prefix}@example.com"
+    await publish(producer, settings, USERS_TOPIC, registered(email, user_id=user_id))
+    await wait_for_mail(email)
+    await publish(producer, settings, TASKS_TOPIC, due_soon(user_id, "<b>Pay rent</b>"))
+
+    [reminder] = [
+        m for m in await wait_for_mail(email, count=2) if m["X-Taskbus-Kind"] == "reminder"
+    ]
+    assert reminder["Subject"] == "Reminder: <b>Pay rent</b> is due soon"
+    assert "&lt;b&gt;Pay rent&lt;/b&gt;" in parts(reminder)["text/html"]
+
+    token, _ = signing_key.mint(user_id)
+    auth = {"Authorization": f"Bearer {token}"}
+    response = await client.put(
+        "/api/notifications/preferences", json={"reminders": False}, headers=auth
+    )
+    assert response.status_code == 200
+    await publish(producer, settings, TASKS_TOPIC, due_soon(user_id, "muted"))
+    await publish(producer, settings, TASKS_TOPIC, due_soon(user_id, "already done", "done"))
+    # Opt back in only once the muted reminder was handled (and skipped).
+    await wait_for_metric(client, 'notifier_skipped_total{reason="opted_out"}', 1)
+    await client.put("/api/notifications/preferences", json={"reminders": True}, headers=auth)
+    await publish(producer, settings, TASKS_TOPIC, due_soon(user_id, "after opt-in"))
+
+    mails = await wait_for_mail(email, count=3)
+    assert sorted(m["Subject"] for m in mails if m["X-Taskbus-Kind"] == "reminder") == [
+        "Reminder: <b>Pay rent</b> is due soon",
+        "Reminder: after opt-in is due soon",
+    ]
+
+
+async def test_events_that_call_for_no_mail_are_passed_over(
+    settings: NotifierSettings, producer: KafkaBroker, prefix: str
+) -> None:
+    user_id = f"{prefix}-user"
+    revoked = SessionsRevoked(user_id=user_id, revoked_before=datetime.now(UTC), reason="logout")
+    await publish(producer, settings, USERS_TOPIC, new_event(revoked, source="a", subject=user_id))
+    completed = due_soon(user_id, "x").payload()
+    assert isinstance(completed, TaskDueSoon)
+    done = TaskCompleted(task=completed.task)
+    await publish(producer, settings, TASKS_TOPIC, new_event(done, source="t", subject=user_id))
+    email = f"{prefix}@example.com"
+    await publish(producer, settings, USERS_TOPIC, registered(email, user_id=user_id))
+
+    [only] = await wait_for_mail(email)
+    assert only["Subject"].startswith("Welcome")
+
+
+async def test_per_user_rate_cap_suppresses_reminders_beyond_it(
+    settings: NotifierSettings, producer: KafkaBroker, prefix: str
+) -> None:
+    user_id = f"{prefix}-user"
+    email = f"{prefix}@example.com"
+    await publish(producer, settings, USERS_TOPIC, registered(email, user_id=user_id))
+    await wait_for_mail(email)
+    events = [due_soon(user_id, f"task {n}") for n in range(settings.rate_limit_count + 2)]
+    for event in events:
+        await publish(producer, settings, TASKS_TOPIC, event)
+
+    await wait_for_mail(email, count=1 + settings.rate_limit_count)
+    mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(MONGO_URL)
+    try:
+        deliveries = mongo[settings.mongo_db]["deliveries"]
+        async with asyncio.timeout(20):
+            while (  # noqa: ASYNC110 - the state lives in another component
+                await deliveries.count_documents(
+                    {"event_id": {"$in": [e.id for e in events]}, "state": "suppressed"}
+                )
+                < 2
+            ):
+                await asyncio.sleep(0.1)
+        states = [
+            (await deliveries.find_one({"consumer": MAIL_CONSUMER, "event_id": e.id}) or {}).get(
+                "state"
+            )
+            for e in events
+        ]
+    finally:
+        await mongo.close()
+    assert states.count("sent") == settings.rate_limit_count
+    assert states.count("suppressed") == 2
+    assert len(messages_to(email)) == 1 + settings.rate_limit_count
