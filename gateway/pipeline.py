@@ -42,6 +42,10 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 _TRACEPARENT = re.compile(rb"^00-([0-9a-f]{32})-[0-9a-f]{16}-([0-9a-f]{2})$")
 _NOT_MODIFIED_HEADERS = frozenset({b"etag", b"cache-control", b"vary", b"last-modified"})
+# The gateway sets these itself; a client's own values must not reach a service.
+_CLIENT_DROP = frozenset(
+    {b"x-request-id", b"traceparent", b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"}
+)
 _WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="taskbus"'}
 
 
@@ -249,7 +253,7 @@ def upstream_headers(
     """The client's headers plus request id, trace context and the forwarded client."""
     given = dict(headers).get(b"traceparent")
     return [
-        *headers,
+        *((k, v) for k, v in headers if k not in _CLIENT_DROP),
         (b"x-request-id", request_id),
         (b"traceparent", child_traceparent(given)),
         (b"x-forwarded-for", ip.encode()),

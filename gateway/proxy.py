@@ -7,7 +7,7 @@ import aiohttp
 
 from gateway.reply import Header, Reply, problem
 
-# Per-connection headers (RFC 9110 7.6.1) and the ones the gateway itself sets upstream.
+# Per-connection headers (RFC 9110 7.6.1): never forwarded.
 _REQUEST_DROP = frozenset(
     {
         b"connection",
@@ -21,12 +21,6 @@ _REQUEST_DROP = frozenset(
         b"upgrade",
         b"host",
         b"content-length",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-request-id",
-        b"traceparent",
-        b"tracestate",
     }
 )
 _RESPONSE_DROP = frozenset(
