@@ -23,7 +23,6 @@ from services.auth.domain import (
     new_refresh_token,
     new_reset_token,
     normalize_email,
-    outbox_entry,
     parse_refresh_token,
 )
 from services.auth.schemas import (
@@ -48,6 +47,7 @@ from services.auth.sessions import (
     get_caller,
     issue_pair,
     open_session,
+    queued,
     revoked_event,
     set_cookie,
     unauthorized,
@@ -70,7 +70,7 @@ async def register(body: RegisterIn, response: Response, deps: DepsDep) -> AuthO
         password_hash=await deps.passwords.hash(body.password),
         created_at=now,
     )
-    event = outbox_entry(UserRegistered(user_id=user.id, email=email, name=user.name), user.id)
+    event = queued(UserRegistered(user_id=user.id, email=email, name=user.name), user.id)
     try:
         await deps.store.insert_user(user, event)
     except EmailTakenError:
@@ -270,7 +270,7 @@ async def request_reset(body: ResetIn, deps: DepsDep) -> Accepted:
         payload = PasswordResetRequested(
             user_id=user.id, email=user.email, name=user.name, reset_token=token, expires_at=expires
         )
-        event = outbox_entry(payload, user.id)
+        event = queued(payload, user.id)
         await deps.store.set_reset(user.id, token_hash, expires, now, event)
         deps.relay.kick()
     return Accepted()

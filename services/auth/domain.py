@@ -159,9 +159,9 @@ def login_backoff_s(failures: int, free_attempts: int, cap_s: int) -> int:
     return int(min(cap_s, 2 ** (failures - free_attempts)))
 
 
-def outbox_entry(payload: Payload, subject: str) -> dict[str, Any]:
+def outbox_entry(payload: Payload, subject: str, traceparent: str | None = None) -> dict[str, Any]:
     """An event ready for the single-document outbox (the relay publishes it later)."""
-    event = new_event(payload, source=EVENT_SOURCE, subject=subject)
+    event = new_event(payload, source=EVENT_SOURCE, subject=subject, traceparent=traceparent)
     return {"id": event.id, "topic": payload.topic, "json": event.model_dump_json()}
 
 

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from common.events import SessionsRevoked
+from common.events import Payload, SessionsRevoked
 from common.problems import ProblemError
+from common.telemetry import current_traceparent
 from common.tokens import TokenError, sign_access_token
 from services.auth.domain import (
     Passwords,
@@ -62,7 +63,9 @@ def unauthorized() -> ProblemError:
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """Now, at the millisecond precision BSON stores, so what we answer is what we read back."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def user_out(user: User) -> UserOut:
@@ -153,4 +156,9 @@ async def open_session(deps: Deps, user: User, now: datetime) -> TokenPair:
 
 def revoked_event(user_id: str, reason: RevokeReason, now: datetime, *sids: str) -> dict[str, Any]:
     payload = SessionsRevoked(user_id=user_id, session_ids=sids, revoked_before=now, reason=reason)
-    return outbox_entry(payload, user_id)
+    return queued(payload, user_id)
+
+
+def queued(payload: Payload, user_id: str) -> dict[str, Any]:
+    """An outbox entry carrying the current request's trace, keyed by the user."""
+    return outbox_entry(payload, user_id, current_traceparent())
