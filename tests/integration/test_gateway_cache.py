@@ -1,0 +1,211 @@
+"""The response cache: HIT after MISS, ETag/304 without the service, no stale read after a write,
+invalidation by task events from Kafka, coalesced misses, Vary, per-user isolation."""
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from faststream.kafka import KafkaBroker
+
+from common.events import TASKS_TOPIC, USERS_TOPIC, SessionsRevoked, TaskSnapshot, TaskUpdated
+from common.events import new_event as envelope
+from common.kafka import make_broker, publish
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from tests.support.gateway import gateway_settings
+from tests.support.servers import EchoUpstream, serve_asgi
+from tests.support.tokens import SigningKey
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Stack:
+    settings: GatewaySettings
+    key: SigningKey
+    tasks: EchoUpstream
+    client: httpx.AsyncClient
+    broker: KafkaBroker
+
+    def auth(self, user: str, session: str = "sess-1") -> dict[str, str]:
+        token, _ = self.key.mint(user, session_id=session)
+        return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+async def stack() -> AsyncIterator[Stack]:
+    key = SigningKey.generate()
+    tasks = await EchoUpstream("tasks").start()
+    settings = gateway_settings(f"gwc{uuid.uuid4().hex[:10]}", key, tasks.url)
+    broker = make_broker(settings)
+    try:
+        async with (
+            serve_asgi(create_app(settings)) as url,
+            httpx.AsyncClient(base_url=url, timeout=10) as client,
+        ):
+            await broker.start()
+            try:
+                yield Stack(settings, key, tasks, client, broker)
+            finally:
+                await broker.stop()
+    finally:
+        await tasks.stop()
+
+
+def user() -> str:
+    return uuid.uuid4().hex
+
+
+async def poll(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
+    """Retry `check` until it holds (the effect crosses Kafka); fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_second_read_is_a_hit_and_never_reaches_the_service(stack: Stack) -> None:
+    me = stack.auth(user())
+    path = f"/api/tasks/{uuid.uuid4().hex}"
+    first = await stack.client.get(path, headers=me)
+    second = await stack.client.get(path, headers=me)
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
+    assert second.content == first.content
+    assert second.headers["etag"] == first.headers["etag"]
+    assert stack.tasks.hits[path] == 1
+
+
+async def test_matching_etag_answers_304_without_the_service(stack: Stack) -> None:
+    me = stack.auth(user())
+    path = f"/api/tasks/{uuid.uuid4().hex}"
+    etag = (await stack.client.get(path, headers=me)).headers["etag"]
+    response = await stack.client.get(path, headers={**me, "If-None-Match": etag})
+    assert response.status_code == 304
+    assert response.content == b""
+    assert response.headers["etag"] == etag
+    assert response.headers["x-content-type-options"] == "nosniff"
+    other = await stack.client.get(path, headers={**me, "If-None-Match": '"other"'})
+    assert other.status_code == 200
+    assert stack.tasks.hits[path] == 1
+
+
+async def test_a_write_through_the_gateway_is_visible_on_the_next_read(stack: Stack) -> None:
+    me = stack.auth(user())
+    path = f"/api/tasks/{uuid.uuid4().hex}"
+    assert (await stack.client.get(path, headers=me)).json()["data"] is None
+    patched = await stack.client.patch(path, headers=me, json={"title": "new"})
+    assert patched.status_code == 200
+    after = await stack.client.get(path, headers=me)
+    assert after.headers["x-cache"] == "MISS"
+    assert after.json()["data"] == '{"title":"new"}'
+
+
+async def test_a_task_event_from_kafka_invalidates_the_owners_cache(stack: Stack) -> None:
+    owner = user()
+    me = stack.auth(owner)
+    path = f"/api/tasks/{uuid.uuid4().hex}"
+    await stack.client.get(path, headers=me)
+    assert (await stack.client.get(path, headers=me)).headers["x-cache"] == "HIT"
+    task = TaskSnapshot(id="t1", owner=owner, title="x", status="todo", priority="low", version=2)
+    event = envelope(TaskUpdated(task=task, changed=("title",)), source="tasks", subject=owner)
+    await publish(stack.broker, stack.settings, TASKS_TOPIC, event)
+
+    async def missed() -> bool:
+        return (await stack.client.get(path, headers=me)).headers["x-cache"] == "MISS"
+
+    await poll(missed)
+
+
+async def test_concurrent_misses_share_one_upstream_call(stack: Stack) -> None:
+    me = stack.auth(user())
+    path = f"/api/tasks/slow?s=0.3&k={uuid.uuid4().hex}"
+    responses = await asyncio.gather(*(stack.client.get(path, headers=me) for _ in range(10)))
+    assert {r.status_code for r in responses} == {200}
+    assert len({r.content for r in responses}) == 1
+    query = path.split("?")[1]
+    assert sum(1 for seen in stack.tasks.requests if seen["query"] == query) == 1
+
+
+async def test_entries_are_per_user_per_query_and_per_vary(stack: Stack) -> None:
+    path = f"/api/tasks/{uuid.uuid4().hex}"
+    alice, bob = stack.auth(user()), stack.auth(user())
+    assert (await stack.client.get(path, headers=alice)).headers["x-cache"] == "MISS"
+    assert (await stack.client.get(path, headers=bob)).headers["x-cache"] == "MISS"
+    # The same query in another order is the same resource.
+    await stack.client.get(f"{path}?a=1&b=2", headers=alice)
+    assert (await stack.client.get(f"{path}?b=2&a=1", headers=alice)).headers["x-cache"] == "HIT"
+    vary = {**alice, "Accept": "application/xml"}
+    assert (await stack.client.get(path, headers=vary)).headers["x-cache"] == "MISS"
+
+
+async def test_no_store_and_request_no_cache_bypass(stack: Stack) -> None:
+    me = stack.auth(user())
+    path = f"/api/tasks/{uuid.uuid4().hex}"
+    headers = {**me, "x-echo-cache-control": "no-store"}
+    assert (await stack.client.get(path, headers=headers)).headers["x-cache"] == "BYPASS"
+    assert (await stack.client.get(path, headers=headers)).headers["x-cache"] == "BYPASS"
+    fresh = await stack.client.get(path, headers={**me, "Cache-Control": "no-cache"})
+    assert fresh.headers["x-cache"] == "BYPASS"
+    assert stack.tasks.hits[path] == 3
+
+
+async def test_revoked_sessions_are_refused_once_the_event_arrives(stack: Stack) -> None:
+    who = user()
+    revoked, kept = stack.auth(who, "s-gone"), stack.auth(who, "s-kept")
+    assert (await stack.client.get("/api/tasks", headers=revoked)).status_code == 200
+    payload = SessionsRevoked(
+        user_id=who, session_ids=("s-gone",), revoked_before=datetime.now(UTC), reason="logout"
+    )
+    event = envelope(payload, source="auth", subject=who)
+    await publish(stack.broker, stack.settings, USERS_TOPIC, event)
+
+    async def refused() -> bool:
+        return (await stack.client.get("/api/tasks", headers=revoked)).status_code == 401
+
+    await poll(refused)
+    assert (await stack.client.get("/api/tasks", headers=kept)).status_code == 200
+
+
+async def test_revoking_all_sessions_refuses_tokens_issued_before(stack: Stack) -> None:
+    who = user()
+    old = stack.auth(who, "s-old")
+    payload = SessionsRevoked(
+        user_id=who, revoked_before=datetime.now(UTC), reason="password_changed"
+    )
+    await publish(
+        stack.broker, stack.settings, USERS_TOPIC, envelope(payload, source="auth", subject=who)
+    )
+
+    async def refused() -> bool:
+        return (await stack.client.get("/api/tasks", headers=old)).status_code == 401
+
+    await poll(refused)
+    token, _ = stack.key.mint(who, session_id="s-new", now=time.time() + 2)
+    fresh = await stack.client.get("/api/tasks", headers={"Authorization": f"Bearer {token}"})
+    assert fresh.status_code == 200
+
+
+async def test_a_new_gateway_process_knows_earlier_revocations(stack: Stack) -> None:
+    who = user()
+    payload = SessionsRevoked(
+        user_id=who, session_ids=("s-x",), revoked_before=datetime.now(UTC), reason="logout"
+    )
+    await publish(
+        stack.broker, stack.settings, USERS_TOPIC, envelope(payload, source="auth", subject=who)
+    )
+    headers = stack.auth(who, "s-x")
+
+    async def refused() -> bool:
+        return (await stack.client.get("/api/tasks", headers=headers)).status_code == 401
+
+    await poll(refused)
+    async with (
+        serve_asgi(create_app(stack.settings)) as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        assert (await client.get("/api/tasks", headers=headers)).status_code == 401
