@@ -16,7 +16,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import AutoReconnect, DuplicateKeyError, OperationFailure
 
 from common.events import Envelope, Payload
 from services.tasks.domain import (
@@ -195,8 +195,27 @@ class TaskStore:
         self._outbox_max = outbox_max
 
     async def ensure_indexes(self) -> None:
-        """Create every index (idempotent: same names and keys are a no-op)."""
-        await self.tasks.create_indexes(INDEXES)
+        """Create the missing indexes; fail if one exists under our name with other keys.
+
+        Only the missing ones: FerretDB 1.24 drops the connection when createIndexes names an
+        index that already exists. Replicas starting together may race; the loser re-checks.
+        """
+        wanted = {ix.document["name"]: list(ix.document["key"].items()) for ix in INDEXES}
+        for attempt in range(3):
+            existing = {
+                ix["name"]: list(ix["key"].items()) async for ix in await self.tasks.list_indexes()
+            }
+            wrong = [n for n in wanted if n in existing and existing[n] != wanted[n]]
+            if wrong:
+                raise RuntimeError(f"indexes {wrong} exist with other keys; drop them first")
+            missing = [ix for ix in INDEXES if ix.document["name"] not in existing]
+            if not missing:
+                return
+            try:
+                await self.tasks.create_indexes(missing)
+            except (OperationFailure, AutoReconnect):
+                if attempt == 2:
+                    raise
 
     async def create(
         self, task: Task, event: Envelope, *, idem_key: str | None, fingerprint: str
@@ -228,10 +247,14 @@ class TaskStore:
 
     async def get(self, owner: str, task_id: str) -> Task:
         """The live task, or TaskNotFoundError."""
-        doc = await self.tasks.find_one({"_id": task_id, "owner": owner, "deleted": False})
-        if doc is None:
+        return from_doc(await self._live(owner, task_id))
+
+    async def _live(self, owner: str, task_id: str) -> Doc:
+        # Filter on _id alone: the one filter FerretDB pushes down to its primary key.
+        doc = await self.tasks.find_one({"_id": task_id})
+        if doc is None or doc["owner"] != owner or doc["deleted"]:
             raise TaskNotFoundError(task_id)
-        return from_doc(doc)
+        return doc
 
     async def mutate(self, owner: str, task_id: str, change: Mutation, wrap: Wrap) -> Task:
         """Apply `change` atomically with its event; retried when a concurrent write wins."""
@@ -239,9 +262,7 @@ class TaskStore:
             if not held:
                 raise BusyError(task_id)
             for _ in range(5):
-                doc = await self.tasks.find_one({"_id": task_id, "owner": owner, "deleted": False})
-                if doc is None:
-                    raise TaskNotFoundError(task_id)
+                doc = await self._live(owner, task_id)
                 before = from_doc(doc)
                 after, payload = change(before)
                 if payload is None:
@@ -263,9 +284,7 @@ class TaskStore:
             if not held:
                 raise BusyError(task_id)
             for _ in range(5):
-                doc = await self.tasks.find_one({"_id": task_id, "owner": owner, "deleted": False})
-                if doc is None:
-                    raise TaskNotFoundError(task_id)
+                doc = await self._live(owner, task_id)
                 payload = check(from_doc(doc))
                 update = {"$set": {"deleted": True, "remind": False}, "$inc": {"version": 1}}
                 if await self._write(doc, update, wrap(payload)):
@@ -353,8 +372,8 @@ class TaskStore:
         async with self.locks.hold(f"w:{task_id}", wait_s=self._wait) as held:
             if not held:
                 return False
-            doc = await self.tasks.find_one({"_id": task_id, "remind": True, "deleted": False})
-            if doc is None or doc["due_at"] > until:
+            doc = await self.tasks.find_one({"_id": task_id})
+            if doc is None or not doc["remind"] or doc["deleted"] or doc["due_at"] > until:
                 return False
             event = make(from_doc(doc))
             result = await self.tasks.update_one(
