@@ -110,10 +110,10 @@ async def _check_login(deps: Deps, email: str, password: str) -> User:
     if retry_after:
         raise ThrottledError(retry_after)
     user = await deps.store.user_by_email(email)
-    if not await deps.passwords.verify(user.password_hash if user else None, password):
+    matched = await deps.passwords.verify(user.password_hash if user else None, password)
+    if not matched or user is None:
         await deps.throttle.failed(email)
         raise AuthFailedError
-    assert user is not None  # noqa: S101 - verify() never succeeds without a stored hash
     await deps.throttle.succeeded(email)
     if deps.passwords.needs_rehash(user.password_hash):
         new_hash = await deps.passwords.hash(password)
@@ -232,8 +232,7 @@ async def update_me(
             raise unauthorized()
         _policy(body.new_password, user.email, "new_password")
         new_hash = await deps.passwords.hash(body.new_password)
-        # Whole seconds: the replacement access token's iat must not fall before the cut-off.
-        now = utcnow().replace(microsecond=0)
+        now = utcnow()
         event = revoked_event(user.id, "password_changed", now)
         changed = await deps.store.change_password(user.id, new_hash, now, event)
         if changed is None:

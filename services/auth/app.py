@@ -81,15 +81,17 @@ def create_app(settings: AuthSettings) -> FastAPI:
             store = AuthStore(mongo, settings.mongo_db)
             await store.ensure_indexes()
             relay = OutboxRelay(store, broker, settings, settings.relay_poll_s)
+            passwords = Passwords(
+                memory_kib=settings.argon2_memory_kib,
+                time_cost=settings.argon2_time_cost,
+                parallelism=settings.argon2_parallelism,
+                concurrency=settings.argon2_concurrency,
+            )
+            await passwords.dummy_hash()  # so the first unknown-email login costs no extra hash
             app.state.deps = Deps(
                 settings=settings,
                 store=store,
-                passwords=Passwords(
-                    memory_kib=settings.argon2_memory_kib,
-                    time_cost=settings.argon2_time_cost,
-                    parallelism=settings.argon2_parallelism,
-                    concurrency=settings.argon2_concurrency,
-                ),
+                passwords=passwords,
                 throttle=LoginThrottle(
                     redis,
                     settings.redis_prefix,

@@ -194,10 +194,15 @@ class Passwords:
         """True if the password matches; without a stored hash, spend the same time and fail."""
         if stored_hash is None:
             # Unknown account: verify against a dummy so the answer takes as long as a real miss.
-            self._dummy = self._dummy or await self.hash(secrets.token_urlsafe(16))
-            await self._check(self._dummy, password)
+            await self._check(await self.dummy_hash(), password)
             return False
         return await self._check(stored_hash, password)
+
+    async def dummy_hash(self) -> str:
+        """A hash of a random password at the current parameters (made once; call at start-up)."""
+        if self._dummy is None:
+            self._dummy = await self.hash(secrets.token_urlsafe(16))
+        return self._dummy
 
     async def _check(self, stored_hash: str, password: str) -> bool:
         async with self._slots:

@@ -155,7 +155,16 @@ async def open_session(deps: Deps, user: User, now: datetime) -> TokenPair:
 
 
 def revoked_event(user_id: str, reason: RevokeReason, now: datetime, *sids: str) -> dict[str, Any]:
-    payload = SessionsRevoked(user_id=user_id, session_ids=sids, revoked_before=now, reason=reason)
+    """A user.sessions_revoked outbox entry: the named sessions, or all of them when none is named.
+
+    Access tokens carry whole-second `iat`s and the gateway refuses `iat < revoked_before`, so a
+    user-wide cut-off is rounded down: a token issued right after it, in the same second (the new
+    login after logout-all, the replacement session of a password change), must stay valid.
+    """
+    before = now if sids else now.replace(microsecond=0)
+    payload = SessionsRevoked(
+        user_id=user_id, session_ids=sids, revoked_before=before, reason=reason
+    )
     return queued(payload, user_id)
 
 
