@@ -27,6 +27,7 @@ async def serve_asgi(app: ASGIApp, port: int | None = None) -> AsyncIterator[str
         log_config=None,
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # as in production (common.runner): the app decides whom to trust
     )
     server = uvicorn.Server(config)
     # uvicorn installs signal handlers only in the main thread's own run(); serve() is enough.
