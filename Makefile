@@ -44,3 +44,10 @@ test-unit: install
 
 test-integration: install
 	$(STACK) with-infra -- $(PY) -m pytest tests/integration tests/e2e
+
+.PHONY: dlq-list dlq-replay
+dlq-list: ## the notifier's dead letters, one JSON line each (env as for the service)
+	@$(PY) -m services.notifier.dlq list
+
+dlq-replay: ## re-queue dead letters not replayed yet (EVENT=<id> replays just that event)
+	@$(PY) -m services.notifier.dlq replay $(if $(EVENT),--event-id $(EVENT))

@@ -1,6 +1,7 @@
 """The notifier against real Kafka, FerretDB and the SMTP sink: one app per module, in-process."""
 
 import asyncio
+import io
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -29,7 +30,9 @@ from common.events import (
 from common.infra import open_broker
 from common.kafka import publish
 from services.notifier.app import create_app
+from services.notifier.dlq import list_letters, replay
 from services.notifier.domain import MAIL_CONSUMER
+from services.notifier.events import notifier_topics, retry_topic
 from services.notifier.settings import NotifierSettings
 from tests.support.infra import KAFKA_BOOTSTRAP, MONGO_URL, SMTP_PORT
 from tests.support.mail import messages_to, wait_for_mail
@@ -324,3 +327,57 @@ async def test_per_user_rate_cap_suppresses_reminders_beyond_it(
     assert states.count("sent") == settings.rate_limit_count
     assert states.count("suppressed") == 2
     assert len(messages_to(email)) == 1 + settings.rate_limit_count
+
+
+async def test_reminder_for_an_unknown_user_is_dead_lettered_then_replayed(
+    settings: NotifierSettings, producer: KafkaBroker, prefix: str
+) -> None:
+    user_id = f"{prefix}-user"
+    email = f"{prefix}@example.com"
+    reminder = due_soon(user_id, "orphan")
+    await publish(producer, settings, TASKS_TOPIC, reminder)
+
+    def parked(records: list[Record]) -> bool:
+        return any(reminder.id.encode() in value for value, _ in records)
+
+    found = await read_raw(settings.topic(NOTIFIER_DLQ_TOPIC), parked)
+    [headers] = [h for v, h in found if reminder.id.encode() in v]
+    assert headers["x-dlq-reason"] == "RetriesExhausted"
+    assert headers["x-dlq-attempts"] == str(1 + settings.retry_tiers)
+    assert "no address known" in headers["x-error"]
+    listing = io.StringIO()
+    await list_letters(settings, listing)
+    [entry] = [
+        e for e in map(json.loads, listing.getvalue().splitlines()) if e["event_id"] == reminder.id
+    ]
+    assert entry["type"] == "task.due_soon.v1"
+    assert entry["replayed"] is False
+
+    await publish(producer, settings, USERS_TOPIC, registered(email, user_id=user_id))
+    await wait_for_mail(email)
+    assert await replay(settings, [reminder.id], io.StringIO()) == 1
+
+    mails = await wait_for_mail(email, count=2)
+    assert sorted(m["X-Taskbus-Kind"] for m in mails) == ["reminder", "welcome"]
+
+
+async def test_bulk_replay_requeues_each_dead_letter_once(prefix: str) -> None:
+    settings = NotifierSettings(
+        environment="test", kafka_bootstrap=KAFKA_BOOTSTRAP, topic_prefix=f"{prefix}."
+    )
+    event = registered(f"{prefix}@example.com")
+    async with open_broker(settings, notifier_topics(settings)) as broker:
+        await broker.publish(
+            event.model_dump_json().encode(),
+            topic=settings.topic(NOTIFIER_DLQ_TOPIC),
+            key=event.key,
+            headers={"ce_id": event.id, "x-dlq-reason": "RetriesExhausted"},
+        )
+
+    assert await replay(settings, [], io.StringIO()) == 1
+    assert await replay(settings, [], io.StringIO()) == 0
+    requeued = await read_raw(settings.topic(retry_topic(0)), lambda records: len(records) >= 1)
+    [(value, headers)] = requeued
+    assert Envelope.model_validate_json(value).id == event.id
+    assert headers["x-attempt"] == "2"
+    assert "x-dlq-reason" not in headers
