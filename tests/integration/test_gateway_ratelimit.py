@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from gateway.app import create_app
-from gateway.settings import LimitPolicy
+from gateway.settings import GatewaySettings, LimitPolicy
 from tests.support.gateway import gateway_settings
 from tests.support.infra import free_port
 from tests.support.servers import EchoUpstream, serve_asgi
@@ -182,7 +182,7 @@ async def test_redis_down_fails_open_or_closed_as_configured(
     token, _ = key.mint(uuid.uuid4().hex)
     auth = {"Authorization": f"Bearer {token}"}
 
-    def settings(mode: str, prefix: str):  # type: ignore[no-untyped-def]
+    def settings(mode: str, prefix: str) -> GatewaySettings:
         return gateway_settings(
             prefix, key, upstream.url, redis_url=url, redis_failure_mode=mode, rate_limits=POLICIES
         )
