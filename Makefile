@@ -51,3 +51,7 @@ dlq-list: ## the notifier's dead letters, one JSON line each (env as for the ser
 
 dlq-replay: ## re-queue dead letters not replayed yet (EVENT=<id> replays just that event)
 	@$(PY) -m services.notifier.dlq replay $(if $(EVENT),--event-id $(EVENT))
+
+.PHONY: bench-jwt
+bench-jwt: ## RS256 vs EdDSA vs ES256 sign/verify and login-check timing -> docs/bench-jwt.md
+	@$(PY) -m bench.bench_jwt
