@@ -54,6 +54,10 @@ _ERRORS: dict[type[TaskError], tuple[int, str]] = {
 }
 
 
+class KeysUnavailableError(Exception):
+    """The verification keys could not be fetched (the auth service is unreachable)."""
+
+
 @dataclass
 class Deps:
     """What the routes need, made by the lifespan."""
@@ -85,6 +89,10 @@ async def caller(d: DepsDep, authorization: Annotated[str | None, Header()] = No
         claims = await d.verifier.verify(token.strip())
     except TokenError:
         raise unauthorized from None
+    except KeysUnavailableError:
+        raise ProblemError(
+            503, "cannot verify access tokens right now", headers={"Retry-After": "5"}
+        ) from None
     return claims.sub
 
 

@@ -13,7 +13,13 @@ from common.health import Check, health_routes
 from common.infra import open_broker, open_mongo, ping_kafka, ping_mongo
 from common.problems import install_problem_handlers
 from common.tokens import JwksCache, KeySource, StaticKeys, TokenVerifier
-from services.tasks.api import Deps, EdgeMiddleware, install_task_error_handlers, router
+from services.tasks.api import (
+    Deps,
+    EdgeMiddleware,
+    KeysUnavailableError,
+    install_task_error_handlers,
+    router,
+)
 from services.tasks.events import OutboxRelay, ReminderScan
 from services.tasks.settings import TasksSettings
 from services.tasks.storage import TaskStore
@@ -25,10 +31,13 @@ def _key_source(settings: TasksSettings, http: aiohttp.ClientSession) -> KeySour
         return StaticKeys(static)
 
     async def fetch() -> Mapping[str, Any]:
-        async with http.get(settings.jwks_url, timeout=aiohttp.ClientTimeout(total=3)) as resp:
-            resp.raise_for_status()
-            keys: Mapping[str, Any] = await resp.json()
-            return keys
+        try:
+            async with http.get(settings.jwks_url, timeout=aiohttp.ClientTimeout(total=3)) as resp:
+                resp.raise_for_status()
+                keys: Mapping[str, Any] = await resp.json()
+                return keys
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise KeysUnavailableError(settings.jwks_url) from exc
 
     return JwksCache(fetch)
 

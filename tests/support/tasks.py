@@ -14,16 +14,20 @@ from tests.support.processes import ServiceProcess
 from tests.support.tokens import SigningKey
 
 
-def tasks_process(prefix: str, key: SigningKey, **env: str) -> ServiceProcess:
-    """A (not yet started) tasks process on a free port, trusting only `key`, isolated by prefix."""
+def tasks_process(prefix: str, key: SigningKey | None, **env: str) -> ServiceProcess:
+    """A (not yet started) tasks process on a free port, isolated by prefix.
+
+    With `key`, it trusts only that key (a static JWKS); without, it fetches TASKS_JWKS_URL.
+    """
     port = free_port()
+    keys = {"TASKS_JWKS_JSON": json.dumps(key.jwks())} if key else {}
     return ServiceProcess(
         "services.tasks",
         port,
         {
             **infra_env(prefix),
             "TASKS_PORT": str(port),
-            "TASKS_JWKS_JSON": json.dumps(key.jwks()),
+            **keys,
             "TASKS_RELAY_INTERVAL_S": "0.2",
             "TASKS_REMINDER_INTERVAL_S": "0.5",
             "TASKBUS_KAFKA_PARTITIONS": "2",
