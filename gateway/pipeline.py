@@ -46,6 +46,7 @@ _NOT_MODIFIED_HEADERS = frozenset({b"etag", b"cache-control", b"vary", b"last-mo
 _CLIENT_DROP = frozenset(
     {b"x-request-id", b"traceparent", b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"}
 )
+_CONDITIONAL = frozenset({b"if-none-match", b"if-modified-since"})
 _WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="taskbus"'}
 
 
@@ -199,8 +200,11 @@ class Pipeline:
         state = b"HIT"
         if reply is None:
 
+            # The entry serves every client, so fetch the full representation, not a 304.
+            unconditional = [(k, v) for k, v in headers if k not in _CONDITIONAL]
+
             async def fill() -> Reply:
-                fresh = await self._upstreams.forward(route, "GET", target, headers, b"")
+                fresh = await self._upstreams.forward(route, "GET", target, unconditional, b"")
                 if not storable(fresh, self._vary, self._settings.cache_max_body_bytes):
                     return fresh
                 fresh = with_validator(fresh)
