@@ -9,7 +9,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from common.tokens import ALGORITHM, StaticKeys, TokenVerifier
 
@@ -17,12 +17,21 @@ RSA_KEY_BITS = 2048
 
 
 class KeySpec(BaseModel):
-    """One entry of AUTH_SIGNING_KEYS."""
+    """One AUTH_SIGNING_KEYS entry: kid, private_key (or private_key_pem), retire_after."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     kid: str = Field(min_length=1, max_length=64)
     private_key: str = Field(min_length=1)
     retire_after: AwareDatetime | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pem_alias(cls, data: Any) -> Any:
+        # deploy/k8s/secret.example.yaml spells the field private_key_pem.
+        if isinstance(data, dict) and "private_key_pem" in data and "private_key" not in data:
+            data = dict(data)
+            data["private_key"] = data.pop("private_key_pem")
+        return data
 
 
 _SPECS = TypeAdapter(list[KeySpec])

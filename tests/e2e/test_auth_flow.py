@@ -238,6 +238,15 @@ async def test_previous_refresh_token_is_honoured_once_within_the_grace(
     _assert_unauthorized(await _refresh(client, lost["refresh_token"]))
 
 
+async def test_two_simultaneous_refreshes_with_one_token_both_succeed(
+    client: httpx.AsyncClient,
+) -> None:
+    first = await register(client)
+    answers = await asyncio.gather(*(_refresh(client, first["refresh_token"]) for _ in range(2)))
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].json()["refresh_token"] != answers[1].json()["refresh_token"]
+
+
 async def test_unknown_or_malformed_refresh_tokens_change_nothing(
     client: httpx.AsyncClient,
 ) -> None:

@@ -1,5 +1,6 @@
 """Auth rules without I/O: refresh verdicts, back-off, password policy, hashing, keys, settings."""
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -165,6 +166,12 @@ def test_key_ring_from_env_publishes_current_and_unretired_previous_keys() -> No
 def test_bad_signing_key_config_is_refused(raw: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_key_ring(raw)
+
+
+def test_private_key_pem_spelling_is_accepted() -> None:
+    key = generate_key("k8s")
+    ring = parse_key_ring(json.dumps([{"kid": key.kid, "private_key_pem": key.pem()}]))
+    assert ring.current.public_jwk() == key.public_jwk()
 
 
 def test_duplicate_kids_are_refused() -> None:
