@@ -238,33 +238,54 @@ class EdgeMiddleware:
             await self._app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        if int(headers.get("content-length") or 0) > self._max:
-            await self._too_large(scope, send)
+        length = headers.get("content-length")
+        if length is None and scope["method"] in {"POST", "PUT", "PATCH"}:
+            # A chunked body has no declared length: read it (bounded) before anyone parses it.
+            body = await self._read_bounded(receive)
+            if body is None:
+                await self._too_large(scope, receive, send)
+                return
+            receive = _replay(body, receive)
+        elif length is not None and (not length.isdigit() or int(length) > self._max):
+            await self._too_large(scope, receive, send)
             return
         with _tracer.start_as_current_span(
             f"HTTP {scope['method']}",
             context=propagate.extract(headers),
             kind=trace.SpanKind.SERVER,
         ):
-            await self._app(scope, self._counting(receive), send)
+            await self._app(scope, receive, send)
 
-    def _counting(self, receive: Receive) -> Callable[[], Awaitable[Message]]:
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+    async def _read_bounded(self, receive: Receive) -> bytes | None:
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self._max:
-                raise ProblemError(413, f"request body over {self._max} bytes")
-            return message
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self._max:
+                return None
+            more = message.get("more_body", False)
+        return b"".join(chunks)
 
-        return counted
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            413, f"request body over {self._max} bytes", headers={"Connection": "close"}
+        )
+        await response(scope, receive, send)
 
-    async def _too_large(self, scope: Scope, send: Send) -> None:
-        response = problem_response(413, f"request body over {self._max} bytes")
-        await response(scope, _empty, send)
 
+def _replay(body: bytes, then: Receive) -> Callable[[], Awaitable[Message]]:
+    """Hand the buffered body over once, then defer to the server (disconnect notices)."""
+    sent = False
 
-async def _empty() -> Message:
-    return {"type": "http.disconnect"}
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return await then()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo import ASCENDING, DESCENDING, IndexModel, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect, DuplicateKeyError, OperationFailure
@@ -187,10 +187,13 @@ class TaskStore:
     def __init__(
         self, db: AsyncDatabase[Doc], *, locks: bool, lock_wait_s: float, outbox_max: int
     ) -> None:
-        self.tasks: AsyncCollection[Doc] = db["tasks"]
-        self.locks = DocLocks(db["locks"], enabled=locks)
+        # Acknowledged means replicated to a majority: a failover cannot roll a write back.
+        majority = WriteConcern(w="majority")
+        self.tasks: AsyncCollection[Doc] = db.get_collection("tasks", write_concern=majority)
+        lock_docs: AsyncCollection[Doc] = db.get_collection("locks", write_concern=majority)
+        self.locks = DocLocks(lock_docs, enabled=locks)
         # Relay leases are wanted on MongoDB too: one replica publishes a task's outbox at a time.
-        self.leases = DocLocks(db["locks"])
+        self.leases = DocLocks(lock_docs)
         self._wait = lock_wait_s
         self._outbox_max = outbox_max
 
