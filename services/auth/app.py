@@ -88,6 +88,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
                 concurrency=settings.argon2_concurrency,
             )
             await passwords.dummy_hash()  # so the first unknown-email login costs no extra hash
+            keys = await load_keys(settings, store)
             app.state.deps = Deps(
                 settings=settings,
                 store=store,
@@ -100,7 +101,8 @@ def create_app(settings: AuthSettings) -> FastAPI:
                     window_s=settings.login_failure_window_s,
                 ),
                 relay=relay,
-                keys=await load_keys(settings, store),
+                keys=keys,
+                verifier=keys.verifier(issuer=settings.jwt_issuer, audience=settings.jwt_audience),
             )
             checks["mongo"] = lambda: ping_mongo(mongo)
             checks["kafka"] = lambda: ping_kafka(broker)

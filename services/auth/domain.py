@@ -74,6 +74,12 @@ class Session(BaseModel):
     created_at: AwareDatetime
     expires_at: AwareDatetime
 
+    def alive(self, user: "User", now: datetime) -> bool:
+        """Not revoked (by itself or by the user's cut-off) and not expired."""
+        cut = user.sessions_valid_after
+        revoked_by_user = cut is not None and self.created_at < cut
+        return not (self.revoked or revoked_by_user or self.expires_at <= now)
+
 
 def new_id() -> str:
     """A random identifier for users and sessions."""
@@ -133,10 +139,7 @@ def judge_refresh(
     session: Session, presented_hash: str, user: User, now: datetime, grace_s: int
 ) -> RefreshVerdict:
     """Decide what a refresh attempt with this token does."""
-    revoked_by_user = (
-        user.sessions_valid_after is not None and session.created_at < user.sessions_valid_after
-    )
-    if session.revoked or revoked_by_user or session.expires_at <= now:
+    if not session.alive(user, now):
         return RefreshVerdict.REJECT
     if hmac.compare_digest(session.current_hash, presented_hash):
         return RefreshVerdict.ROTATE

@@ -3,15 +3,16 @@
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt import PyJWK
 from jwt.algorithms import RSAAlgorithm
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from common.tokens import ALGORITHM, StaticKeys, TokenVerifier
+from common.tokens import ALGORITHM, TokenVerifier
 
 RSA_KEY_BITS = 2048
 
@@ -66,6 +67,10 @@ class KeyRing:
     current: SigningKey
     previous: tuple[SigningKey, ...] = ()
 
+    def all(self) -> list[SigningKey]:
+        """Every configured key, retired or not."""
+        return [self.current, *self.previous]
+
     def published(self, now: datetime) -> list[SigningKey]:
         """Keys whose tokens may still be alive: the current one, previous ones not yet retired."""
         alive = [k for k in self.previous if k.retire_after is None or k.retire_after > now]
@@ -75,9 +80,22 @@ class KeyRing:
         """The JSON Web Key Set served at /.well-known/jwks.json."""
         return {"keys": [key.public_jwk() for key in self.published(now)]}
 
-    def verifier(self, now: datetime, *, issuer: str, audience: str) -> TokenVerifier:
+    def verifier(self, *, issuer: str, audience: str) -> TokenVerifier:
         """A verifier for this service's own checks; no HTTP round trip to itself."""
-        return TokenVerifier(StaticKeys(self.jwks(now)), issuer=issuer, audience=audience)
+        return TokenVerifier(_RingKeys(self), issuer=issuer, audience=audience)
+
+
+class _RingKeys:
+    """The ring as a verification key source: parsed once, retired keys dropped as time passes."""
+
+    def __init__(self, ring: KeyRing) -> None:
+        self._ring = ring
+        self._keys = {key.kid: PyJWK(key.public_jwk(), algorithm=ALGORITHM) for key in ring.all()}
+
+    async def key(self, kid: str) -> PyJWK | None:
+        """The public key with this id while it is published."""
+        published = {key.kid for key in self._ring.published(datetime.now(UTC))}
+        return self._keys.get(kid) if kid in published else None
 
 
 def generate_key(kid: str | None = None) -> SigningKey:

@@ -8,6 +8,7 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
+    StringConstraints,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -25,7 +26,7 @@ REFRESH_COOKIE = "taskbus_refresh"
 COOKIE_PATH = "/api/auth"
 UNAUTHORIZED = "authentication failed"
 Password = Annotated[str, Field(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)]
-Name = Annotated[str, Field(min_length=1, max_length=100)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 Email = Annotated[EmailStr, Field(max_length=254)]
 OpaqueToken = Annotated[str, Field(min_length=1, max_length=200)]
 

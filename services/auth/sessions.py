@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from common.events import Payload, SessionsRevoked
 from common.problems import ProblemError
 from common.telemetry import current_traceparent
-from common.tokens import TokenError, sign_access_token
+from common.tokens import TokenError, TokenVerifier, sign_access_token
 from services.auth.domain import (
     Passwords,
     RevokeReason,
@@ -38,6 +38,7 @@ class Deps:
     throttle: LoginThrottle
     relay: OutboxRelay
     keys: KeyRing
+    verifier: TokenVerifier
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ bearer = HTTPBearer(auto_error=False)
 
 
 def unauthorized() -> ProblemError:
+    """The one answer to every credential or token that is not accepted."""
     return ProblemError(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -69,12 +71,8 @@ def utcnow() -> datetime:
 
 
 def user_out(user: User) -> UserOut:
+    """The account as its owner sees it (no hash, no internals)."""
     return UserOut(id=user.id, email=user.email, name=user.name, created_at=user.created_at)
-
-
-def session_alive(session: Session, user: User, now: datetime) -> bool:
-    before_cutoff = user.sessions_valid_after and session.created_at < user.sessions_valid_after
-    return not (session.revoked or before_cutoff or session.expires_at <= now)
 
 
 async def get_caller(
@@ -84,19 +82,15 @@ async def get_caller(
     """The caller of a route that needs a valid access token of a live session."""
     if credentials is None or len(credentials.credentials) > 4096:
         raise unauthorized()
-    now = utcnow()
-    verifier = deps.keys.verifier(
-        now, issuer=deps.settings.jwt_issuer, audience=deps.settings.jwt_audience
-    )
     try:
-        claims = await verifier.verify(credentials.credentials)
+        claims = await deps.verifier.verify(credentials.credentials)
     except TokenError:
         raise unauthorized() from None
     session = await deps.store.session(claims.sid)
     user = await deps.store.user(claims.sub)
     if session is None or user is None or session.user_id != user.id:
         raise unauthorized()
-    if not session_alive(session, user, now):
+    if not session.alive(user, utcnow()):
         raise unauthorized()
     return Caller(user, session)
 
@@ -105,6 +99,7 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
 def set_cookie(response: Response, pair: TokenPair, settings: AuthSettings) -> None:
+    """Hand the refresh token over as well in an HttpOnly, Secure, SameSite=Strict cookie."""
     response.set_cookie(
         REFRESH_COOKIE,
         pair.refresh_token,
@@ -117,6 +112,7 @@ def set_cookie(response: Response, pair: TokenPair, settings: AuthSettings) -> N
 
 
 def clear_cookie(response: Response) -> None:
+    """Tell the browser to forget the refresh cookie."""
     response.delete_cookie(
         REFRESH_COOKIE, path=COOKIE_PATH, secure=True, httponly=True, samesite="strict"
     )
@@ -125,6 +121,7 @@ def clear_cookie(response: Response) -> None:
 def issue_pair(
     deps: Deps, user: User, session_id: str, refresh_token: str, now: datetime
 ) -> TokenPair:
+    """A new access token for the session, paired with the refresh token just issued."""
     access, _ = sign_access_token(
         deps.keys.current.private_key,
         deps.keys.current.kid,
@@ -144,6 +141,7 @@ def issue_pair(
 
 
 async def open_session(deps: Deps, user: User, now: datetime) -> TokenPair:
+    """Start a new refresh-token family (a login on one device) and its first pair."""
     session_id = new_id()
     token, token_hash = new_refresh_token(session_id)
     expires = now + timedelta(seconds=deps.settings.refresh_ttl_s)

@@ -385,6 +385,7 @@ async def test_bad_input_is_refused_naming_the_field_and_nothing_is_written(
         ({**good, "password": "x" * 129}, "password"),
         ({**good, "password": email.upper()}, "password"),
         ({**good, "name": ""}, "name"),
+        ({**good, "name": "   "}, "name"),
         ({"email": email, "password": PASSWORD}, "name"),
     ]
     for body, field in cases:
