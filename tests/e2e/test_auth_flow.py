@@ -403,6 +403,18 @@ async def test_bad_input_is_refused_naming_the_field_and_nothing_is_written(
     oversize = await client.post("/api/auth/register", json={**good, "name": "x" * 20_000})
     assert oversize.status_code == 413
     _problem(oversize)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"email": "' + email.encode() + b'", "name": "'
+        for _ in range(20):
+            yield b"x" * 1000
+        yield b'", "password": "correct horse battery"}'
+
+    undeclared = await client.post(
+        "/api/auth/register", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert undeclared.status_code == 413
+    _problem(undeclared)
     patch = await client.patch("/api/auth/me", json={"role": "admin"})
     assert patch.status_code in (401, 422)
 
