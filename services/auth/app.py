@@ -5,8 +5,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from pymongo.errors import ConnectionFailure
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.events import USERS_TOPIC
@@ -112,11 +116,31 @@ def create_app(settings: AuthSettings) -> FastAPI:
 
     app = FastAPI(title="Taskbus auth", lifespan=lifespan)
     install_problem_handlers(app)
+    _install_failure_handlers(app)
     app.include_router(router)
     app.include_router(jwks_router)
     app.router.routes.extend(health_routes(lambda: checks))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def _install_failure_handlers(app: FastAPI) -> None:
+    """A dependency that is down answers 503 problem+json, anything unexpected 500 problem+json."""
+
+    async def unavailable(request: Request, _: Exception) -> Response:
+        return problem_response(
+            503,
+            "a dependency is unavailable; retry shortly",
+            instance=request.url.path,
+            headers={"Retry-After": "2"},
+        )
+
+    async def unexpected(request: Request, _: Exception) -> Response:
+        return problem_response(500, "unexpected error", instance=request.url.path)
+
+    for error in (ConnectionFailure, RedisConnectionError, RedisTimeoutError):
+        app.add_exception_handler(error, unavailable)
+    app.add_exception_handler(Exception, unexpected)
 
 
 async def _cancel(task: "asyncio.Task[None]") -> None:

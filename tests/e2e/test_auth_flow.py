@@ -544,3 +544,21 @@ def test_production_without_signing_keys_refuses_to_start(tmp_path: Any) -> None
         assert "AUTH_SIGNING_KEYS must be set in production" in proc.log_tail(60)
     finally:
         proc.stop()
+
+
+async def test_a_dead_dependency_answers_503_problem_not_a_crash(tmp_path: Any) -> None:
+    port, dead = free_port(), free_port()
+    env = {
+        **infra_env(PREFIX),
+        "AUTH_PORT": str(port),
+        "AUTH_SIGNING_KEYS": signing_keys_env(CURRENT),
+        "TASKBUS_REDIS_URL": f"redis://127.0.0.1:{dead}/0",
+    }
+    proc = ServiceProcess("services.auth", port, env, tmp_path / "auth.log").start()
+    try:
+        async with httpx.AsyncClient(base_url=proc.wait_live().url, timeout=30) as http:
+            response = await _login(http, unique_email(), PASSWORD)
+        assert response.status_code == 503
+        assert _problem(response)["status"] == 503
+    finally:
+        proc.stop()
