@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
-from opentelemetry import propagate, trace
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -42,7 +41,6 @@ from services.tasks.storage import TaskStore, new_task_id
 
 _ID = re.compile(r"[0-9a-f]{24}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
-_tracer = trace.get_tracer(__name__)
 
 _ERRORS: dict[type[TaskError], tuple[int, str]] = {
     TaskNotFoundError: (404, "no such task"),
@@ -225,8 +223,11 @@ def install_task_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error, on_task_error)
 
 
-class EdgeMiddleware:
-    """Per request: a server span continuing the caller's trace, and a cap on the body size."""
+class BodyLimitMiddleware:
+    """Refuses request bodies over the cap before anything parses them (413).
+
+    Tracing and metrics wrap the whole app in common.runner; this only guards the body.
+    """
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self._app = app
@@ -249,12 +250,7 @@ class EdgeMiddleware:
         elif length is not None and (not length.isdigit() or int(length) > self._max):
             await self._too_large(scope, receive, send)
             return
-        with _tracer.start_as_current_span(
-            f"HTTP {scope['method']}",
-            context=propagate.extract(headers),
-            kind=trace.SpanKind.SERVER,
-        ):
-            await self._app(scope, receive, send)
+        await self._app(scope, receive, send)
 
     async def _read_bounded(self, receive: Receive) -> bytes | None:
         chunks: list[bytes] = []
@@ -271,9 +267,7 @@ class EdgeMiddleware:
         return b"".join(chunks)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(
-            413, f"request body over {self._max} bytes", headers={"Connection": "close"}
-        )
+        response = problem_response(413, f"request body over {self._max} bytes")
         await response(scope, receive, send)
 
 

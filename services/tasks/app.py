@@ -14,8 +14,8 @@ from common.infra import open_broker, open_mongo, ping_kafka, ping_mongo
 from common.problems import install_problem_handlers
 from common.tokens import JwksCache, KeySource, StaticKeys, TokenVerifier
 from services.tasks.api import (
+    BodyLimitMiddleware,
     Deps,
-    EdgeMiddleware,
     KeysUnavailableError,
     install_task_error_handlers,
     router,
@@ -93,5 +93,5 @@ def create_app(settings: TasksSettings) -> FastAPI:
     install_task_error_handlers(app)
     app.include_router(router)
     app.router.routes.extend(health_routes(lambda: checks))
-    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

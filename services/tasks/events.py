@@ -9,9 +9,11 @@ from contextlib import suppress
 
 from faststream.kafka import KafkaBroker
 from opentelemetry import propagate, trace
+from prometheus_client import Counter
 
 from common.events import TASKS_TOPIC, Envelope, Payload, TaskDueSoon, new_event
 from common.kafka import publish
+from common.telemetry import current_traceparent
 from services.tasks.domain import Task, now_ms, reminder_deadline
 from services.tasks.settings import TasksSettings
 from services.tasks.storage import Doc, TaskStore
@@ -19,13 +21,13 @@ from services.tasks.storage import Doc, TaskStore
 SOURCE = "/tasks"
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
-
-
-def current_traceparent() -> str | None:
-    """The W3C traceparent of the current span, so the trace survives the outbox."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return carrier.get("traceparent")
+PUBLISHED = Counter(
+    "taskbus_tasks_outbox_published_total", "Outbox events published to Kafka, by type.", ["type"]
+)
+PUBLISH_FAILURES = Counter(
+    "taskbus_tasks_outbox_publish_failures_total", "Outbox publish attempts that failed."
+)
+REMINDERS = Counter("taskbus_tasks_reminders_total", "task.due_soon.v1 events emitted.")
 
 
 def wrap(payload: Payload, owner: str) -> Envelope:
@@ -80,9 +82,11 @@ class OutboxRelay:
                 try:
                     await self._publish(Envelope.model_validate(entry["event"]))
                 except Exception:  # noqa: BLE001 - any failure: keep the entry, retry later
+                    PUBLISH_FAILURES.inc()
                     # Later entries wait: order per task matters more than progress.
                     _log.exception("publishing %s failed; retrying later", entry["id"])
                     break
+                PUBLISHED.labels(entry["event"]["type"]).inc()
                 done.append(entry)
             if done:
                 await self._store.remove_published(task_id, done)
@@ -123,6 +127,7 @@ class ReminderScan:
             if await self._store.claim_reminder(task_id, until, _due_soon):
                 sent += 1
         if sent:
+            REMINDERS.inc(sent)
             self._relay.wake()
         return sent
 
