@@ -78,6 +78,11 @@ def problem_response(
     )
 
 
+def problem_title(status: int) -> str:
+    """The standard title of a problem status (for code that builds its own response)."""
+    return _TITLES.get(status, "Error")
+
+
 def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return [
         {

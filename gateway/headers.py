@@ -57,10 +57,13 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+_DEFAULT_SET = ((b"content-security-policy", DEFAULT_CSP.encode()), *HELMET_HEADERS)
+_DOCS_SET = ((b"content-security-policy", DOCS_CSP.encode()), *HELMET_HEADERS)
+
+
 def security_headers(path: str) -> list[tuple[bytes, bytes]]:
     """helmet's set for a response to `path`."""
-    csp = DOCS_CSP if path == "/docs" else DEFAULT_CSP
-    return [(b"content-security-policy", csp.encode()), *HELMET_HEADERS]
+    return list(_DOCS_SET if path == "/docs" else _DEFAULT_SET)
 
 
 class EdgeHeaders:

@@ -1,5 +1,7 @@
 """Prometheus metrics of one gateway process (own registry: apps in one process never clash)."""
 
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,6 +28,16 @@ class Metrics:
             ["decision"],
             registry=self.registry,
         )
+
+        # labels() takes a lock and builds a key per call; the hot path reuses the children.
+        self._children: dict[tuple[str, int], Any] = {}
+
+    def request(self, route: str, status: int) -> None:
+        """Count one answered request."""
+        child = self._children.get((route, status))
+        if child is None:
+            child = self._children[route, status] = self.requests.labels(route, str(status))
+        child.inc()
 
     def route(self) -> Route:
         """GET /metrics in the Prometheus text format."""

@@ -95,7 +95,7 @@ class Pipeline:
                 reply = await self._handle(route, scope, receive, extra)
         except ClientGoneError:
             return
-        self._metrics.requests.labels(route or "none", str(reply.status)).inc()
+        self._metrics.request(route or "none", reply.status)
         await send_reply(send, reply, extra, head=scope["method"] == "HEAD")
 
     async def _handle(
@@ -199,7 +199,6 @@ class Pipeline:
         reply = await self._cache.get(key)
         state = b"HIT"
         if reply is None:
-
             # The entry serves every client, so fetch the full representation, not a 304.
             unconditional = [(k, v) for k, v in headers if k not in _CONDITIONAL]
 

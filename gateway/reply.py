@@ -3,9 +3,10 @@
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import orjson
 from starlette.types import Send
 
-from common.problems import problem_response
+from common.problems import PROBLEM_JSON, problem_title
 
 Header = tuple[bytes, bytes]
 
@@ -26,10 +27,11 @@ class Reply:
 def problem(
     status: int, detail: str, instance: str, headers: Mapping[str, str] | None = None
 ) -> Reply:
-    """An RFC 9457 problem reply (same document as common.problems.problem_response)."""
-    response = problem_response(status, detail, instance=instance, headers=headers)
-    kept = [(k, v) for k, v in response.raw_headers if k not in (b"content-length",)]
-    return Reply(status, kept, bytes(response.body))
+    """An RFC 9457 problem reply (the document common.problems.problem_response builds)."""
+    body = {"type": "about:blank", "title": problem_title(status), "status": status}
+    body |= {"detail": detail, "instance": instance}
+    kept = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    return Reply(status, [*kept, (b"content-type", PROBLEM_JSON.encode())], orjson.dumps(body))
 
 
 async def send_reply(send: Send, reply: Reply, extra: list[Header], head: bool = False) -> None:

@@ -212,3 +212,29 @@ async def test_redis_down_fails_open_or_closed_as_configured(
             assert closed_reply.headers["strict-transport-security"].startswith("max-age=")
     finally:
         await upstream.stop()
+
+
+async def test_the_gate_reloads_its_script_after_redis_forgets_it(
+    own_redis: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    url, _ = own_redis
+    key = SigningKey.generate()
+    upstream = await EchoUpstream("svc").start()
+    token, _ = key.mint(uuid.uuid4().hex)
+    auth = {"Authorization": f"Bearer {token}", "Cache-Control": "no-cache"}
+    settings = gateway_settings(
+        f"gwf{uuid.uuid4().hex[:8]}", key, upstream.url, redis_url=url, rate_limits=POLICIES
+    )
+    try:
+        async with (
+            serve_asgi(create_app(settings)) as base,
+            httpx.AsyncClient(base_url=base, timeout=10) as client,
+        ):
+            first = await client.get("/api/tasks", headers=auth)
+            assert '"api-user";r=4;' in first.headers["ratelimit"]
+            redis.Redis.from_url(url).script_flush()
+            second = await client.get("/api/tasks", headers=auth)
+            assert second.status_code == 200
+            assert '"api-user";r=3;' in second.headers["ratelimit"]
+    finally:
+        await upstream.stop()
