@@ -9,9 +9,6 @@ from typing import Any
 
 import aiohttp
 from fastapi import FastAPI
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from common.health import Check, health_routes
 from common.infra import open_broker, open_mongo, ping_kafka, ping_mongo
@@ -20,9 +17,9 @@ from common.problems import install_problem_handlers
 from common.tokens import JwksCache, KeySource, StaticKeys, TokenVerifier
 from services.notifier.api import BodyLimit, router
 from services.notifier.delivery import Deliverer
-from services.notifier.events import Pipeline, Subscribers, notifier_topics, register
+from services.notifier.events import Pipeline, notifier_topics, register
 from services.notifier.mailer import Mailer
-from services.notifier.metrics import Metrics
+from services.notifier.metrics import COLLECTOR, Metrics
 from services.notifier.settings import NotifierSettings
 from services.notifier.storage import Store
 
@@ -56,8 +53,6 @@ def _key_source(settings: NotifierSettings, session: aiohttp.ClientSession) -> K
 def create_app(settings: NotifierSettings) -> FastAPI:
     """Build the notifier app; clients are made in the lifespan, not here."""
     checks: dict[str, Check] = {"smtp": lambda: _ping_smtp(settings)}
-    metrics = Metrics()
-    subscribers: list[Subscribers] = []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,10 +68,13 @@ def create_app(settings: NotifierSettings) -> FastAPI:
                 audience=settings.jwt_audience,
             )
             broker = make_broker(settings)
+            metrics = Metrics()
             deliverer = Deliverer(settings, store, Mailer(settings), metrics)
             pipeline = Pipeline(broker, settings, deliverer, metrics, random.Random())  # noqa: S311 - jitter, not secrecy
             subs = register(broker, settings, pipeline)
-            subscribers.append(subs)
+            metrics.consumers = subs.consumers
+            COLLECTOR.live.append(metrics)
+            stack.callback(COLLECTOR.live.remove, metrics)
             stack.callback(subs.pauser.cancel)
             await stack.enter_async_context(
                 open_broker(settings, notifier_topics(settings), broker)
@@ -85,15 +83,9 @@ def create_app(settings: NotifierSettings) -> FastAPI:
             checks["kafka"] = lambda: ping_kafka(broker)
             yield
 
-    async def metrics_endpoint(_: Request) -> Response:
-        consumers = [c for subs in subscribers for c in subs.consumers()]
-        body = await metrics.render(consumers)
-        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
-
     app = FastAPI(title="Taskbus notifier", lifespan=lifespan)
     install_problem_handlers(app)
     app.add_middleware(BodyLimit)
     app.include_router(router)
     app.router.routes.extend(health_routes(lambda: checks))
-    app.router.routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     return app

@@ -222,6 +222,7 @@ def register(broker: KafkaBroker, settings: NotifierSettings, pipeline: Pipeline
     @source
     async def on_source_event(message: KafkaMessage) -> None:
         await pipeline.handle(message.raw_message, attempt=1)
+        pipeline.metrics.record_handled(mail_group, message.raw_message)
 
     pauser = PartitionPauser()
     retry_group = group_id(settings, "retry")
@@ -240,5 +241,6 @@ def register(broker: KafkaBroker, settings: NotifierSettings, pipeline: Pipeline
             raise NackMessage  # seek back: the record is read again once due
         attempt = max(2, _int_header(headers, H_ATTEMPT, 2))
         await pipeline.handle(record, attempt=attempt)
+        pipeline.metrics.record_handled(retry_group, record)
 
     return Subscribers({mail_group: source, retry_group: retries}, pauser)

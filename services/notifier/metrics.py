@@ -1,55 +1,72 @@
-"""Prometheus metrics of one notifier app (own registry, so tests can build several apps)."""
+"""Prometheus metrics of the notifier, in the process registry that common/metrics serves."""
 
-import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from prometheus_client import REGISTRY, Counter
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+SENT = Counter("notifier_emails_sent", "Mails accepted by the relay", ["kind"])
+RETRIED = Counter("notifier_retried", "Events re-published to a retry tier", ["tier"])
+DEAD_LETTERED = Counter("notifier_dead_lettered", "Events sent to the DLQ", ["reason"])
+DUPLICATES = Counter("notifier_duplicates_skipped", "Redelivered events already handled")
+SKIPPED = Counter("notifier_skipped", "Events that call for no mail", ["reason"])
+
+ConsumerSource = Callable[[], list[tuple[str, AIOKafkaConsumer | None]]]
 
 
+@dataclass
 class Metrics:
-    """Counters for what happened to events, and consumer lag per partition."""
+    """The counters, plus what the lag collector needs: live consumers and handled offsets."""
+
+    sent: Counter = SENT
+    retried: Counter = RETRIED
+    dead_lettered: Counter = DEAD_LETTERED
+    duplicates: Counter = DUPLICATES
+    skipped: Counter = SKIPPED
+    consumers: ConsumerSource = field(default=lambda: [])
+    # (group, topic, partition) -> next offset to handle
+    handled: dict[tuple[str, str, int], int] = field(default_factory=dict)
+
+    def record_handled(self, group: str, record: ConsumerRecord[bytes, bytes]) -> None:
+        """Remember how far this group got on the record's partition."""
+        self.handled[(group, record.topic, record.partition)] = record.offset + 1
+
+
+class ConsumerCollector(Collector):
+    """Partitions owned and records behind the high watermark, computed at scrape time."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.sent = Counter(
-            "notifier_emails_sent", "Mails accepted by the relay", ["kind"], registry=r
-        )
-        self.retried = Counter(
-            "notifier_retried", "Events sent to a retry tier", ["tier"], registry=r
-        )
-        self.dead_lettered = Counter(
-            "notifier_dead_lettered", "Events sent to the DLQ", ["reason"], registry=r
-        )
-        self.duplicates = Counter(
-            "notifier_duplicates_skipped", "Redelivered events already handled", registry=r
-        )
-        self.skipped = Counter(
-            "notifier_skipped", "Events that call for no mail", ["reason"], registry=r
-        )
-        self.lag = Gauge(
-            "notifier_consumer_lag",
-            "Records behind the partition's high watermark",
-            ["group", "topic", "partition"],
-            registry=r,
-        )
+        self.live: list[Metrics] = []
 
-    async def render(self, consumers: Iterable[tuple[str, AIOKafkaConsumer | None]]) -> bytes:
-        """Refresh the lag gauge from the live consumers, then render the text format."""
-        self.lag.clear()
-        for group, consumer in consumers:
-            if consumer is None:
-                continue
-            for tp in consumer.assignment():
-                highwater = consumer.highwater(tp)
-                if highwater is None:
-                    continue  # nothing fetched from this partition yet
-                try:
-                    position = await asyncio.wait_for(consumer.position(tp), 0.5)
-                except (TimeoutError, AssertionError):
-                    continue  # revoked or resetting meanwhile
-                self.lag.labels(group, tp.topic, str(tp.partition)).set(
-                    max(0, highwater - position)
-                )
-        return generate_latest(self.registry)
+    def collect(self) -> Iterator[Metric]:
+        """One sample per owned partition whose high watermark is known."""
+        assigned = GaugeMetricFamily(
+            "notifier_assigned_partitions", "Partitions this process owns", labels=["group"]
+        )
+        lag = GaugeMetricFamily(
+            "notifier_consumer_lag",
+            "Records between the last handled one and the high watermark",
+            labels=["group", "topic", "partition"],
+        )
+        for metrics in self.live:
+            for group, consumer in metrics.consumers():
+                if consumer is None:
+                    continue
+                owned = consumer.assignment()
+                assigned.add_metric([group], len(owned))
+                for tp in owned:
+                    highwater = consumer.highwater(tp)
+                    done = metrics.handled.get((group, tp.topic, tp.partition))
+                    if highwater is not None and done is not None:
+                        lag.add_metric(
+                            [group, tp.topic, str(tp.partition)], max(0, highwater - done)
+                        )
+        yield assigned
+        yield lag
+
+
+COLLECTOR = ConsumerCollector()
+REGISTRY.register(COLLECTOR)

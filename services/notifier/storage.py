@@ -1,13 +1,19 @@
 """The notifier's own MongoDB data: delivery claims, the recipient directory, preferences, rates.
 
-Only single-document atomic operations are used (FerretDB has no transactions).
+FerretDB 1.24 (SQLite) applies neither a conditional update nor `$inc` atomically (the auth service
+measured concurrent compare-and-sets both succeeding). What it does enforce across processes is a
+unique index on insert. So every decision two notifier replicas could race on is an insert:
+the first claim of an event (unique (consumer, event_id)), each later takeover round (unique
+(consumer, event_id, round) in `takeovers`), and each rate-limit slot (unique (user, window, slot)).
+Updates only ever touch a document this process alone has won.
 """
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -38,6 +44,7 @@ class Store:
         self._recipients = db["recipients"]
         self._preferences = db["preferences"]
         self._rates = db["rates"]
+        self._takeovers = db["takeovers"]
 
     async def ensure_indexes(self) -> None:
         """The unique (consumer, event_id) index is what makes consumption idempotent."""
@@ -46,54 +53,42 @@ class Store:
             unique=True,
             name="consumer_event_unique",
         )
+        await self._takeovers.create_index(
+            [("consumer", ASCENDING), ("event_id", ASCENDING), ("round", ASCENDING)],
+            unique=True,
+            name="consumer_event_round_unique",
+        )
+        await self._rates.create_index(
+            [("user_id", ASCENDING), ("window", ASCENDING), ("slot", ASCENDING)],
+            unique=True,
+            name="user_window_slot_unique",
+        )
 
     async def claim(self, consumer: str, event_id: str, owner: str, lease_s: float) -> Claim:
         """Take the event for sending unless it is finished or another sender holds a live lease."""
         now = datetime.now(UTC)
         lease_until = now + timedelta(seconds=lease_s)
+        key = {"consumer": consumer, "event_id": event_id}
+        claim = {"state": "sending", "owner": owner, "lease_until": lease_until, "updated_at": now}
         try:
-            await self._deliveries.insert_one(
-                {
-                    "consumer": consumer,
-                    "event_id": event_id,
-                    "state": "sending",
-                    "owner": owner,
-                    "lease_until": lease_until,
-                    "attempts": 1,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
+            await self._deliveries.insert_one({**key, **claim, "round": 1, "created_at": now})
             return Claim("claimed", fresh=True)
         except DuplicateKeyError:
             pass
-        takeable = {
-            "consumer": consumer,
-            "event_id": event_id,
-            "$or": [
-                {"state": {"$in": ["retrying", "dead"]}},
-                {"state": "sending", "lease_until": {"$lt": now}},
-            ],
-        }
-        before = await self._deliveries.find_one_and_update(
-            takeable,
-            {
-                "$set": {
-                    "state": "sending",
-                    "owner": owner,
-                    "lease_until": lease_until,
-                    "updated_at": now,
-                },
-                "$inc": {"attempts": 1},
-            },
-            return_document=ReturnDocument.BEFORE,
-        )
-        if before is not None:
-            return Claim("claimed", previous=str(before["state"]))
-        current = await self._deliveries.find_one({"consumer": consumer, "event_id": event_id})
+        current = await self._deliveries.find_one(key)
         if current is None or current["state"] in _FINISHED:
             return Claim("done")
-        return Claim("busy")
+        live = current["state"] == "sending" and _aware(current["lease_until"]) >= now
+        if live:
+            return Claim("busy")
+        # Released, dead-lettered, or its sender died: whoever inserts the next round owns it.
+        round_ = int(current.get("round", 1)) + 1
+        try:
+            await self._takeovers.insert_one({**key, "round": round_, "owner": owner, "at": now})
+        except DuplicateKeyError:
+            return Claim("busy")
+        await self._deliveries.update_one(key, {"$set": {**claim, "round": round_}})
+        return Claim("claimed", previous=str(current["state"]))
 
     async def finish(
         self, consumer: str, event_id: str, state: Literal["sent", "suppressed"], detail: str = ""
@@ -125,11 +120,7 @@ class Store:
 
     async def remember_recipient(self, user_id: str, email: str, name: str) -> None:
         """Keep the address that task reminders for this user go to."""
-        await self._recipients.update_one(
-            {"_id": user_id},
-            {"$set": {"email": email, "name": name, "updated_at": datetime.now(UTC)}},
-            upsert=True,
-        )
+        await _upsert(self._recipients, user_id, {"email": email, "name": name})
 
     async def recipient(self, user_id: str) -> tuple[str, str] | None:
         """The (email, name) last seen for this user, if any."""
@@ -143,35 +134,34 @@ class Store:
 
     async def save_preferences(self, user_id: str, preferences: Preferences) -> None:
         """Replace the user's preferences."""
-        await self._preferences.update_one(
-            {"_id": user_id},
-            {"$set": {**preferences.model_dump(), "updated_at": datetime.now(UTC)}},
-            upsert=True,
-        )
+        await _upsert(self._preferences, user_id, preferences.model_dump())
 
     async def take_send_slot(self, user_id: str, window: int, cap: int) -> bool:
         """Count one send in the user's current window; False when the cap is already reached.
 
-        One document per user holds the current window, so nothing accumulates (no TTL indexes
-        on FerretDB).
+        Slot documents are inserted, never incremented, so the cap holds across replicas.
         """
-        for _ in range(3):
-            doc = await self._rates.find_one_and_update(
-                {"_id": user_id, "window": window, "count": {"$lt": cap}},
-                {"$inc": {"count": 1}},
-                return_document=ReturnDocument.AFTER,
-            )
-            if doc is not None:
-                return True
-            if await self._rates.find_one({"_id": user_id, "window": window}) is not None:
-                return False  # this window is full
+        used = await self._rates.count_documents({"user_id": user_id, "window": window})
+        for slot in range(used, cap):
             try:
-                await self._rates.update_one(
-                    {"_id": user_id, "window": {"$ne": window}},
-                    {"$set": {"window": window, "count": 1}},
-                    upsert=True,
-                )
+                await self._rates.insert_one({"user_id": user_id, "window": window, "slot": slot})
             except DuplicateKeyError:
-                continue  # another worker opened the window first: count in it
+                continue  # another sender took this slot first
+            if slot == 0:  # first send of a window: drop the user's older windows
+                await self._rates.delete_many({"user_id": user_id, "window": {"$lt": window}})
             return True
         return False
+
+
+async def _upsert(collection: AsyncCollection[Doc], doc_id: str, fields: Doc) -> None:
+    """Set fields on a document, creating it if needed (last writer wins)."""
+    update = {"$set": {**fields, "updated_at": datetime.now(UTC)}}
+    try:
+        await collection.update_one({"_id": doc_id}, update, upsert=True)
+    except DuplicateKeyError:
+        # A concurrent upsert created it first: now it exists, so a plain update applies.
+        await collection.update_one({"_id": doc_id}, update)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

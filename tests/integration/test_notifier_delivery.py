@@ -29,6 +29,7 @@ from common.events import (
 )
 from common.infra import open_broker
 from common.kafka import publish
+from common.metrics import MetricsMiddleware
 from services.notifier.app import create_app
 from services.notifier.dlq import list_letters, replay
 from services.notifier.domain import MAIL_CONSUMER
@@ -71,7 +72,8 @@ def settings(signing_key: SigningKey) -> NotifierSettings:
 async def client(settings: NotifierSettings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+        # The runner wraps every service like this; /metrics is served by the wrapper.
+        transport = httpx.ASGITransport(app=MetricsMiddleware(app, settings.service_name))
         async with httpx.AsyncClient(transport=transport, base_url="http://notifier") as http:
             yield http
 
