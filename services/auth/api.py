@@ -92,11 +92,7 @@ async def login(body: LoginIn, response: Response, deps: DepsDep) -> AuthOut:
     try:
         user = await _check_login(deps, email, body.password)
     except ThrottledError as exc:
-        raise ProblemError(
-            429,
-            "too many failed attempts; retry later",
-            headers={"Retry-After": str(exc.retry_after_s)},
-        ) from None
+        raise _throttled(exc.retry_after_s) from None
     except AuthFailedError:
         raise unauthorized() from None
     pair = await open_session(deps, user, utcnow())
@@ -228,8 +224,7 @@ async def update_me(
     """Rename, and/or change the password: that revokes every session and opens a new one."""
     user = caller.user
     if body.new_password is not None and body.current_password is not None:
-        if not await deps.passwords.verify(user.password_hash, body.current_password):
-            raise unauthorized()
+        await _confirm_current_password(deps, user, body.current_password)
         _policy(body.new_password, user.email, "new_password")
         new_hash = await deps.passwords.hash(body.new_password)
         now = utcnow()
@@ -246,6 +241,22 @@ async def update_me(
         tokens = await open_session(deps, user, utcnow())
         set_cookie(response, tokens, deps.settings)
     return MeUpdated(user=user_out(user), tokens=tokens)
+
+
+async def _confirm_current_password(deps: Deps, user: User, password: str) -> None:
+    """Re-check the password under the login back-off, so a stolen access token cannot guess it."""
+    retry_after = await deps.throttle.retry_after(user.email)
+    if retry_after:
+        raise _throttled(retry_after)
+    if not await deps.passwords.verify(user.password_hash, password):
+        await deps.throttle.failed(user.email)
+        raise unauthorized()
+
+
+def _throttled(retry_after_s: int) -> ProblemError:
+    return ProblemError(
+        429, "too many failed attempts; retry later", headers={"Retry-After": str(retry_after_s)}
+    )
 
 
 def _policy(password: str, email: str, field: str) -> None:

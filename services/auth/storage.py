@@ -143,7 +143,12 @@ class AuthStore:
     ) -> User | None:
         """New password; every session created before `now` is revoked in the same update."""
         update = _with_event(
-            {"$set": {"password_hash": new_hash, "sessions_valid_after": now}}, event, now
+            {
+                "$set": {"password_hash": new_hash, "sessions_valid_after": now},
+                "$unset": {"reset": ""},  # a reset link mailed earlier must not undo this change
+            },
+            event,
+            now,
         )
         return await self._update_user(user_id, update)
 

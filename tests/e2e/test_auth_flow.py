@@ -460,6 +460,23 @@ async def test_password_change_revokes_every_other_session(
     )
 
 
+async def test_guessing_the_current_password_with_a_stolen_token_backs_off(
+    client: httpx.AsyncClient,
+) -> None:
+    session = await register(client)
+    guess = {"current_password": "a wrong guess", "new_password": "attacker chosen pw"}
+    for _ in range(FREE_ATTEMPTS):
+        _assert_unauthorized(
+            await client.patch("/api/auth/me", json=guess, headers=bearer(session["access_token"]))
+        )
+    right = {**guess, "current_password": PASSWORD}
+    blocked = await client.patch(
+        "/api/auth/me", json=right, headers=bearer(session["access_token"])
+    )
+    assert blocked.status_code == 429
+    assert int(blocked.headers["retry-after"]) <= BACKOFF_CAP_S
+
+
 async def test_password_reset_by_mail_token_single_use(
     client: httpx.AsyncClient,
 ) -> None:
