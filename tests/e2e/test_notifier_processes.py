@@ -20,7 +20,7 @@ from common.infra import open_broker
 from common.kafka import publish
 from services.notifier.settings import NotifierSettings
 from tests.support.infra import KAFKA_BOOTSTRAP, ROOT, STATE_DIR, free_port, infra_env
-from tests.support.mail import messages_to
+from tests.support.mailbox import MailBox
 from tests.support.metrics import metric_sum
 from tests.support.processes import ServiceProcess
 
@@ -124,11 +124,11 @@ async def test_mail_sent_while_smtp_is_down_arrives_once_it_is_back(
         await publish(broker, settings, USERS_TOPIC, welcome(email))
 
         await until(lambda: metric(notifier, "notifier_retried_total") >= 2, 30, "two retries")
-        assert messages_to(email, sink.directory) == []
+        box = MailBox(sink.directory)
+        assert box.to(email) == []
         sink.start()
 
-        await until(lambda: len(messages_to(email, sink.directory)) >= 1, 30, "the mail")
-        [mail] = messages_to(email, sink.directory)
+        [mail] = await box.wait(email)
         assert mail["X-Taskbus-Kind"] == "welcome"
         assert metric(notifier, "notifier_dead_lettered_total") == 0
     finally:
@@ -143,6 +143,7 @@ async def test_killing_one_of_two_notifiers_mid_stream_loses_and_repeats_nothing
     first = start_notifier(prefix, "first").start()
     second = start_notifier(prefix, "second").start()
     group = f"{prefix}.notifier.mail"
+    box = MailBox()
     try:
         first.wait_ready()
         second.wait_ready()
@@ -154,20 +155,26 @@ async def test_killing_one_of_two_notifiers_mid_stream_loses_and_repeats_nothing
             return all(owned) and sum(owned) == 2 * settings.kafka_partitions
 
         await until(split, 60, "both notifiers to own partitions")
-        emails = [f"{prefix}-{n}@example.com" for n in range(80)]
-        for email in emails[:60]:
-            await publish(broker, settings, USERS_TOPIC, welcome(email))
+        emails = [f"{prefix}-{n}@example.com" for n in range(100)]
+
+        async def stream() -> None:
+            for email in emails:
+                await publish(broker, settings, USERS_TOPIC, welcome(email))
+                await asyncio.sleep(0.04)  # pacing: a stream, not a burst
+
+        publishing = asyncio.create_task(stream())
 
         def both_sending() -> bool:
-            return all(metric(p, "notifier_emails_sent_total") >= 3 for p in (first, second))
+            return all(metric(p, "notifier_emails_sent_total") >= 5 for p in (first, second))
 
         await until(both_sending, 60, "both notifiers to send")
+        assert not publishing.done()
         first.kill()
-        for email in emails[60:]:
-            await publish(broker, settings, USERS_TOPIC, welcome(email))
+        await publishing
 
-        await until(lambda: all(messages_to(e) for e in emails), 90, "every mail")
-        received: dict[str, list[EmailMessage]] = {e: messages_to(e) for e in emails}
+        await until(lambda: all(box.count(emails).values()), 90, "every mail")
+        assert metric(second, "notifier_assigned_partitions", group=group) == 2 * settings.kafka_partitions
+        received: dict[str, list[EmailMessage]] = {e: box.to(e) for e in emails}
         # Exactly once per event as the user sees it: one Message-ID per recipient...
         assert all(len({m["Message-ID"] for m in ms}) == 1 for ms in received.values())
         # ...and at most one physical re-send, the mail in flight at the SIGKILL (see delivery.py).

@@ -36,10 +36,11 @@ from services.notifier.domain import MAIL_CONSUMER
 from services.notifier.events import notifier_topics, retry_topic
 from services.notifier.settings import NotifierSettings
 from tests.support.infra import KAFKA_BOOTSTRAP, MONGO_URL, SMTP_PORT
-from tests.support.mail import messages_to, wait_for_mail
+from tests.support.mailbox import MailBox
 from tests.support.tokens import SigningKey
 
 pytestmark = pytest.mark.integration
+MAIL = MailBox()
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +166,7 @@ async def test_registration_sends_a_multipart_welcome_to_the_user(
     email = f"{prefix}@example.com"
     await publish(producer, settings, USERS_TOPIC, registered(email, name="Ada <Lovelace>"))
 
-    [mail] = await wait_for_mail(email)
+    [mail] = await MAIL.wait(email)
     assert email in mail["To"]
     assert mail["Subject"] == "Welcome to Taskbus, Ada <Lovelace>"
     body = parts(mail)
@@ -186,8 +187,8 @@ async def test_the_same_event_twice_sends_one_mail(
     marker = f"{prefix}-marker@example.com"
     await publish(producer, settings, USERS_TOPIC, registered(marker, user_id=event.subject))
 
-    await wait_for_mail(marker)
-    assert len(messages_to(email)) == 1
+    await MAIL.wait(marker)
+    assert len(MAIL.to(email)) == 1
 
 
 async def test_reset_request_mails_a_link_built_from_the_template(
@@ -203,7 +204,7 @@ async def test_reset_request_mails_a_link_built_from_the_template(
     )
     await publish(producer, settings, USERS_TOPIC, new_event(payload, source="auth", subject="u"))
 
-    [mail] = await wait_for_mail(email)
+    [mail] = await MAIL.wait(email)
     link = "https://app.taskbus.test/reset?token=tok%2Fen%2B1"
     assert link in parts(mail)["text/plain"]
     assert f'href="{link}"' in parts(mail)["text/html"]
@@ -223,7 +224,7 @@ async def test_malformed_record_goes_to_the_dlq_and_later_events_still_arrive(
     email = f"{prefix}@example.com"
     await publish(producer, settings, USERS_TOPIC, registered(email, user_id=user_id))
 
-    await wait_for_mail(email)
+    await MAIL.wait(email)
 
     def both(records: list[Record]) -> bool:
         return any(v == poison for v, _ in records) and any(
@@ -249,12 +250,10 @@ async def test_reminder_goes_to_the_registered_address_unless_opted_out(
     user_id = f"{prefix}-user"
     email = f"{prefix}@example.com"
     await publish(producer, settings, USERS_TOPIC, registered(email, user_id=user_id))
-    await wait_for_mail(email)
+    await MAIL.wait(email)
     await publish(producer, settings, TASKS_TOPIC, due_soon(user_id, "<b>Pay rent</b>"))
 
-    [reminder] = [
-        m for m in await wait_for_mail(email, count=2) if m["X-Taskbus-Kind"] == "reminder"
-    ]
+    [reminder] = [m for m in await MAIL.wait(email, count=2) if m["X-Taskbus-Kind"] == "reminder"]
     assert reminder["Subject"] == "Reminder: <b>Pay rent</b> is due soon"
     assert "&lt;b&gt;Pay rent&lt;/b&gt;" in parts(reminder)["text/html"]
 
@@ -271,7 +270,7 @@ async def test_reminder_goes_to_the_registered_address_unless_opted_out(
     await client.put("/api/notifications/preferences", json={"reminders": True}, headers=auth)
     await publish(producer, settings, TASKS_TOPIC, due_soon(user_id, "after opt-in"))
 
-    mails = await wait_for_mail(email, count=3)
+    mails = await MAIL.wait(email, count=3)
     assert sorted(m["Subject"] for m in mails if m["X-Taskbus-Kind"] == "reminder") == [
         "Reminder: <b>Pay rent</b> is due soon",
         "Reminder: after opt-in is due soon",
@@ -291,7 +290,7 @@ async def test_events_that_call_for_no_mail_are_passed_over(
     email = f"{prefix}@example.com"
     await publish(producer, settings, USERS_TOPIC, registered(email, user_id=user_id))
 
-    [only] = await wait_for_mail(email)
+    [only] = await MAIL.wait(email)
     assert only["Subject"].startswith("Welcome")
 
 
@@ -301,12 +300,12 @@ async def test_per_user_rate_cap_suppresses_reminders_beyond_it(
     user_id = f"{prefix}-user"
     email = f"{prefix}@example.com"
     await publish(producer, settings, USERS_TOPIC, registered(email, user_id=user_id))
-    await wait_for_mail(email)
+    await MAIL.wait(email)
     events = [due_soon(user_id, f"task {n}") for n in range(settings.rate_limit_count + 2)]
     for event in events:
         await publish(producer, settings, TASKS_TOPIC, event)
 
-    await wait_for_mail(email, count=1 + settings.rate_limit_count)
+    await MAIL.wait(email, count=1 + settings.rate_limit_count)
     mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(MONGO_URL)
     try:
         deliveries = mongo[settings.mongo_db]["deliveries"]
@@ -328,7 +327,7 @@ async def test_per_user_rate_cap_suppresses_reminders_beyond_it(
         await mongo.close()
     assert states.count("sent") == settings.rate_limit_count
     assert states.count("suppressed") == 2
-    assert len(messages_to(email)) == 1 + settings.rate_limit_count
+    assert len(MAIL.to(email)) == 1 + settings.rate_limit_count
 
 
 async def test_reminder_for_an_unknown_user_is_dead_lettered_then_replayed(
@@ -356,10 +355,10 @@ async def test_reminder_for_an_unknown_user_is_dead_lettered_then_replayed(
     assert entry["replayed"] is False
 
     await publish(producer, settings, USERS_TOPIC, registered(email, user_id=user_id))
-    await wait_for_mail(email)
+    await MAIL.wait(email)
     assert await replay(settings, [reminder.id], io.StringIO()) == 1
 
-    mails = await wait_for_mail(email, count=2)
+    mails = await MAIL.wait(email, count=2)
     assert sorted(m["X-Taskbus-Kind"] for m in mails) == ["reminder", "welcome"]
 
 
