@@ -16,7 +16,7 @@ import jwt
 import pytest
 from argon2 import PasswordHasher
 from cryptography.hazmat.primitives import serialization
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from common.events import USERS_TOPIC, Envelope
@@ -60,6 +60,13 @@ def auth() -> Iterator[ServiceProcess]:
         yield proc.wait_ready()
     finally:
         proc.stop()
+        _drop_database(f"{PREFIX}_auth")
+
+
+def _drop_database(name: str) -> None:
+    mongo: MongoClient[dict[str, Any]]
+    with MongoClient(MONGO_URL) as mongo:
+        mongo.drop_database(name)
 
 
 @pytest.fixture
@@ -579,3 +586,25 @@ async def test_a_dead_dependency_answers_503_problem_not_a_crash(tmp_path: Any) 
         assert _problem(response)["status"] == 503
     finally:
         proc.stop()
+
+
+def test_replicas_without_configured_keys_share_one_development_key(tmp_path: Any) -> None:
+    prefix = f"devkey{uuid.uuid4().hex[:8]}"
+    replicas = []
+    for name in ("a", "b"):
+        port = free_port()
+        env = {**infra_env(prefix), "AUTH_PORT": str(port)}
+        replicas.append(ServiceProcess("services.auth", port, env, tmp_path / f"{name}.log"))
+    try:
+        for replica in replicas:
+            replica.start()
+        jwks = [
+            httpx.get(f"{replica.wait_ready().url}/.well-known/jwks.json").json()
+            for replica in replicas
+        ]
+        assert jwks[0] == jwks[1]
+        assert len(jwks[0]["keys"]) == 1
+    finally:
+        for replica in replicas:
+            replica.stop()
+        _drop_database(f"{prefix}_auth")
