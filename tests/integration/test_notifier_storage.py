@@ -1,0 +1,93 @@
+"""Delivery claims and rate slots on the real database, including races between replicas."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from services.notifier.domain import Preferences
+from services.notifier.storage import Store
+from tests.support.infra import MONGO_URL
+
+pytestmark = pytest.mark.integration
+Client = AsyncMongoClient[dict[str, object]]
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Client]]:
+    """Separate clients, as separate notifier processes would have."""
+    made: list[Client] = [AsyncMongoClient(MONGO_URL, tz_aware=True) for _ in range(4)]
+    try:
+        yield made
+    finally:
+        for client in made:
+            await client.close()
+
+
+@pytest.fixture
+async def stores(clients: list[Client], prefix: str) -> list[Store]:
+    made = [Store(client[f"{prefix}_notifier"]) for client in clients]
+    await made[0].ensure_indexes()
+    return made
+
+
+async def test_a_finished_event_is_never_claimed_again(stores: list[Store]) -> None:
+    store = stores[0]
+    assert (await store.claim("c", "e1", "a", 30)).fresh
+    assert (await store.claim("c", "e1", "b", 30)).status == "busy"
+    await store.finish("c", "e1", "sent")
+
+    assert (await store.claim("c", "e1", "b", 30)).status == "done"
+
+
+async def test_a_released_claim_is_taken_over_by_the_next_attempt(stores: list[Store]) -> None:
+    store = stores[0]
+    await store.claim("c", "e1", "a", 30)
+    await store.release("c", "e1", "a", "retrying", "SMTP down")
+
+    claim = await store.claim("c", "e1", "b", 30)
+    assert (claim.status, claim.fresh, claim.previous) == ("claimed", False, "retrying")
+
+
+async def test_a_dead_senders_claim_is_taken_over_once_its_lease_ran_out(
+    stores: list[Store],
+) -> None:
+    store = stores[0]
+    await store.claim("c", "e1", "crashed", lease_s=0.01)
+    await asyncio.sleep(0.05)  # the lease is a duration: let it elapse
+
+    claim = await store.claim("c", "e1", "b", 30)
+    assert (claim.status, claim.previous) == ("claimed", "sending")
+
+
+async def test_racing_replicas_take_a_free_claim_exactly_once(stores: list[Store]) -> None:
+    await stores[0].claim("c", "fresh", "seed", 30)
+    await stores[0].release("c", "fresh", "seed", "retrying", "x")
+    rivals = [s for s in stores for _ in range(3)]
+
+    results = await asyncio.gather(
+        *(s.claim("c", "fresh", f"owner{n}", 30) for n, s in enumerate(rivals)),
+        *(s.claim("c", "new", f"owner{n}", 30) for n, s in enumerate(rivals)),
+    )
+
+    taken = [r for r in results if r.status == "claimed"]
+    assert len(taken) == 2
+    assert sum(r.fresh for r in taken) == 1
+
+
+async def test_rate_slots_hold_the_cap_under_concurrency(stores: list[Store]) -> None:
+    rivals = [s for s in stores for _ in range(3)]
+
+    granted = await asyncio.gather(*(s.take_send_slot("u1", 100, 5) for s in rivals))
+
+    assert sum(granted) == 5
+    assert await stores[0].take_send_slot("u1", 200, 5)  # a new window starts afresh
+
+
+async def test_preferences_default_then_persist(stores: list[Store]) -> None:
+    store = stores[0]
+    assert await store.preferences("u1") == Preferences(reminders=True)
+    await asyncio.gather(*(s.save_preferences("u1", Preferences(reminders=False)) for s in stores))
+
+    assert await stores[1].preferences("u1") == Preferences(reminders=False)
