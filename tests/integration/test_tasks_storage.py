@@ -158,15 +158,30 @@ async def test_lookups_by_id_are_pushed_down_to_the_backend(store: TaskStore) ->
         assert "IDHACK" in str(explained) or "EXPRESS" in str(explained)
 
 
-async def test_concurrent_writes_to_one_task_are_all_kept(store: TaskStore) -> None:
-    """FerretDB applies updates read-then-write; the lock documents serialise them."""
+async def test_concurrent_writes_to_one_task_from_many_replicas_are_all_kept(
+    store: TaskStore, settings: TasksSettings
+) -> None:
+    """FerretDB applies updates read-then-write; the lock documents serialise them.
+
+    Each "replica" has its own client and lock registry, as separate processes would.
+    """
     task = await _create(store)
-    results = await asyncio.gather(
-        *(
-            store.mutate("u1", task.id, _retitle(f"title {i}"), partial(_wrap_for, "u1"))
-            for i in range(12)
+    clients: list[Client] = [AsyncMongoClient(settings.mongo_url, tz_aware=True) for _ in range(4)]
+    replicas = [
+        TaskStore(c[settings.mongo_db], locks=True, lock_wait_s=30, outbox_max=500) for c in clients
+    ]
+    try:
+        results = await asyncio.gather(
+            *(
+                replicas[i % 4].mutate(
+                    "u1", task.id, _retitle(f"title {i}"), partial(_wrap_for, "u1")
+                )
+                for i in range(12)
+            )
         )
-    )
+    finally:
+        for client in clients:
+            await client.close()
     assert sorted(r.version for r in results) == list(range(2, 14))
     doc = await store.tasks.find_one({"_id": task.id})
     assert doc is not None
