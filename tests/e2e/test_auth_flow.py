@@ -214,6 +214,16 @@ async def test_whole_session_flow(client: httpx.AsyncClient) -> None:
     assert _revocations(events, "logout_all")[0]["session_ids"] == []
 
 
+async def test_logout_by_refresh_token_when_the_access_token_is_gone(
+    client: httpx.AsyncClient,
+) -> None:
+    session = await register(client)
+    _assert_unauthorized(await client.post("/api/auth/logout", json={"refresh_token": "x" * 80}))
+    cookie = {"Cookie": f"taskbus_refresh={session['refresh_token']}"}
+    assert (await client.post("/api/auth/logout", headers=cookie)).status_code == 204
+    _assert_unauthorized(await _refresh(client, session["refresh_token"]))
+
+
 async def test_reusing_a_spent_refresh_token_revokes_its_family_only(
     client: httpx.AsyncClient,
 ) -> None:
