@@ -55,3 +55,7 @@ dlq-replay: ## re-queue dead letters not replayed yet (EVENT=<id> replays just t
 .PHONY: bench-jwt
 bench-jwt: ## RS256 vs EdDSA vs ES256 sign/verify and login-check timing -> docs/bench-jwt.md
 	@$(PY) -m bench.bench_jwt
+
+.PHONY: bench-gateway
+bench-gateway: ## gateway vs a bare ASGI echo under wrk (needs wrk, Kafka, Redis) -> docs/bench-gateway.md
+	@$(PY) -m bench.bench_gateway
