@@ -121,10 +121,10 @@ def allowed_by(preferences: Preferences, kind: Kind) -> bool:
     return preferences.reminders if kind == "reminder" else True
 
 
-def subject(mail: Mail) -> str:
+def subject(mail: Mail, name: str) -> str:
     """The subject line, on one line whatever the user-supplied parts contain."""
     if mail.kind == "welcome":
-        text = f"Welcome to Taskbus, {mail.context['name']}"
+        text = f"Welcome to Taskbus, {name}"
     elif mail.kind == "password_reset":
         text = "Reset your Taskbus password"
     else:

@@ -32,7 +32,7 @@ class Mailer:
 
     def render(self, mail: Mail, email: str, name: str) -> EmailMessage:
         """A text/plain + text/html alternative message with a Message-ID fixed by the event."""
-        title = subject(mail)
+        title = subject(mail, name)
         context = {**mail.context, "name": name, "subject": title}
         message = EmailMessage()
         message["From"] = self._settings.mail_from

@@ -120,7 +120,7 @@ def test_reminders_can_be_turned_off_but_account_mails_cannot() -> None:
 
 def test_subject_stays_on_one_line_whatever_the_title() -> None:
     mail = Mail("reminder", "e", "u", None, None, {"title": "Pay\r\nBcc: x@y.z\n rent"})
-    assert subject(mail) == "Reminder: Pay Bcc: x@y.z rent is due soon"
+    assert subject(mail, "Ada") == "Reminder: Pay Bcc: x@y.z rent is due soon"
 
 
 def test_message_id_is_fixed_by_the_event() -> None:

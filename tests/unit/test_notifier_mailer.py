@@ -1,0 +1,118 @@
+"""Rendering (multipart, escaped, fixed Message-ID) and how SMTP failures are classified."""
+
+from typing import Any
+
+import aiosmtplib
+import pytest
+
+from services.notifier.domain import Mail, PermanentError, TransientError, message_id
+from services.notifier.mailer import Mailer
+from services.notifier.settings import NotifierSettings
+
+SETTINGS = NotifierSettings(environment="test", mail_from="Taskbus <noreply@taskbus.test>")
+
+
+def render(kind: str, context: dict[str, Any], name: str = "Ada") -> dict[str, str]:
+    mail = Mail(kind, "event-1", "u1", None, None, context)  # type: ignore[arg-type]
+    message = Mailer(SETTINGS).render(mail, "ada@example.com", name)
+    parts = {
+        part.get_content_type(): str(part.get_content())
+        for part in message.walk()
+        if not part.is_multipart()
+    }
+    return {**parts, **{k.lower(): str(v) for k, v in message.items()}}
+
+
+def test_every_kind_renders_a_text_and_an_html_part() -> None:
+    contexts: dict[str, dict[str, Any]] = {
+        "welcome": {},
+        "password_reset": {"reset_url": "https://x/r?token=t", "expires_at": "soon"},
+        "reminder": {"title": "Pay rent", "due_at": "soon", "priority": "high", "task_id": "t"},
+    }
+    for kind, context in contexts.items():
+        out = render(kind, context)
+        assert out["content-type"].startswith("multipart/alternative")
+        assert "Ada" in out["text/plain"]
+        assert "Ada" in out["text/html"]
+        assert out["x-taskbus-kind"] == kind
+
+
+def test_user_text_is_escaped_in_html_and_left_alone_in_text() -> None:
+    out = render(
+        "reminder",
+        {"title": "<script>x</script>", "due_at": "d", "priority": "low", "task_id": "t"},
+        name='Eve "<b>"',
+    )
+    assert "<script>" not in out["text/html"]
+    assert "&lt;script&gt;x&lt;/script&gt;" in out["text/html"]
+    assert "&lt;b&gt;" in out["text/html"]
+    assert '"<script>x</script>"' in out["text/plain"]
+
+
+def test_headers_carry_recipient_sender_and_the_events_message_id() -> None:
+    out = render("welcome", {}, name="Ada\r\nBcc: evil@x.io")
+    assert out["to"] == '"Ada Bcc: evil@x.io" <ada@example.com>'
+    assert "bcc" not in out
+    assert out["from"] == "Taskbus <noreply@taskbus.test>"
+    assert out["message-id"] == message_id("event-1", SETTINGS.mail_from)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (aiosmtplib.SMTPConnectError("refused"), TransientError),
+        (aiosmtplib.SMTPReadTimeoutError("slow"), TransientError),
+        (aiosmtplib.SMTPServerDisconnected("gone"), TransientError),
+        (ConnectionRefusedError(), TransientError),
+        (aiosmtplib.SMTPDataError(451, "try later"), TransientError),
+        (aiosmtplib.SMTPAuthenticationError(535, "bad credentials"), TransientError),
+        (aiosmtplib.SMTPDataError(554, "rejected"), PermanentError),
+        (
+            aiosmtplib.SMTPRecipientsRefused([aiosmtplib.SMTPRecipientRefused(550, "no", "a")]),
+            PermanentError,
+        ),
+        (
+            aiosmtplib.SMTPRecipientsRefused([aiosmtplib.SMTPRecipientRefused(452, "full", "a")]),
+            TransientError,
+        ),
+    ],
+)
+async def test_smtp_failures_are_transient_or_permanent(
+    monkeypatch: pytest.MonkeyPatch, error: Exception, expected: type[Exception]
+) -> None:
+    async def failing_send(*_: object, **__: object) -> None:
+        raise error
+
+    monkeypatch.setattr(aiosmtplib, "send", failing_send)
+    mailer = Mailer(SETTINGS)
+    message = mailer.render(Mail("welcome", "e", "u", None, None, {}), "a@example.com", "A")
+
+    with pytest.raises(expected):
+        await mailer.send(message)
+
+
+async def test_security_and_credentials_reach_the_smtp_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: dict[str, object] = {}
+
+    async def recording_send(_: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+
+    monkeypatch.setattr(aiosmtplib, "send", recording_send)
+    settings = NotifierSettings(
+        environment="test",
+        smtp_host="relay.example",
+        smtp_port=587,
+        smtp_security="starttls",
+        smtp_username="mailer",
+        smtp_password="s3cret",  # type: ignore[arg-type]
+    )
+    mailer = Mailer(settings)
+    await mailer.send(mailer.render(Mail("welcome", "e", "u", None, None, {}), "a@x.io", "A"))
+
+    assert seen["hostname"] == "relay.example"
+    assert seen["port"] == 587
+    assert seen["start_tls"] is True
+    assert seen["use_tls"] is False
+    assert (seen["username"], seen["password"]) == ("mailer", "s3cret")
