@@ -12,11 +12,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from faststream.kafka import KafkaBroker
+from pydantic import ValidationError
+from pymongo.asynchronous.collection import AsyncCollection
 
 from common.events import Envelope
 from common.kafka import publish
 from common.settings import ServiceSettings
-from services.auth.storage import AuthStore
+from services.auth.storage import AuthStore, Doc
 
 log = logging.getLogger(__name__)
 _RETRY_AFTER_ERROR_S = 2.0
@@ -56,14 +58,25 @@ class OutboxRelay:
         published = 0
         for collection in (self._store.users, self._store.sessions):
             while doc := await self._store.claim_outbox(collection, datetime.now(UTC)):
-                done: list[dict[str, Any]] = []
-                try:
-                    for entry in doc.get("outbox", []):
-                        event = Envelope.model_validate_json(entry["json"])
-                        await publish(self._broker, self._settings, entry["topic"], event)
-                        done.append(entry)
-                finally:
-                    # Also on failure: drop what did go out and the lease, so a retry is prompt.
-                    await self._store.release_outbox(collection, doc["_id"], done)
-                published += len(done)
+                published += await self._publish(collection, doc)
         return published
+
+    async def _publish(self, collection: AsyncCollection[dict[str, Any]], doc: Doc) -> int:
+        done: list[Doc] = []
+        try:
+            for entry in doc.get("outbox", []):
+                event = Envelope.model_validate_json(entry["json"])
+                await publish(self._broker, self._settings, entry["topic"], event)
+                done.append(entry)
+        except (ValidationError, KeyError):
+            # A malformed entry must not starve the others: this document keeps its lease (retried
+            # after it expires) and the pass moves on.
+            log.exception("undeliverable outbox entry in %s/%s", collection.name, doc["_id"])
+            await self._store.release_outbox(collection, doc["_id"], done, keep_lease=True)
+            return len(done)
+        except BaseException:
+            # Kafka trouble: drop what did go out and the lease, so the retry is prompt.
+            await self._store.release_outbox(collection, doc["_id"], done)
+            raise
+        await self._store.release_outbox(collection, doc["_id"], done)
+        return len(done)

@@ -255,14 +255,20 @@ class AuthStore:
         return None
 
     async def release_outbox(
-        self, collection: AsyncCollection[Doc], doc_id: str, published: Sequence[Doc]
+        self,
+        collection: AsyncCollection[Doc],
+        doc_id: str,
+        published: Sequence[Doc],
+        *,
+        keep_lease: bool = False,
     ) -> None:
-        """Drop the published entries and the lease; unmark the document once nothing is pending."""
-        update: Doc = {"$unset": {"outbox_lease": ""}}
+        """Drop the published entries (and the lease); unmark the document once nothing is left."""
+        update: Doc = {} if keep_lease else {"$unset": {"outbox_lease": ""}}
         if published:
             update["$pullAll"] = {"outbox": list(published)}
         async with self._locks.hold(collection, doc_id):
-            await collection.update_one({"_id": doc_id}, update)
+            if update:
+                await collection.update_one({"_id": doc_id}, update)
             await collection.update_one(
                 {"_id": doc_id, "outbox": {"$size": 0}}, {"$unset": {"outbox_at": ""}}
             )

@@ -151,3 +151,25 @@ async def test_login_backoff_is_capped_and_cleared_by_success(settings: AuthSett
         assert await throttle.retry_after(email) == 0
         assert await throttle.failed(email) == 0
         await throttle.succeeded(email)
+
+
+async def test_a_malformed_entry_does_not_hold_up_the_others(
+    store: AuthStore, broker: KafkaBroker, settings: AuthSettings
+) -> None:
+    poisoned, _ = await _user_with_pending_event(store)
+    await store.users.update_one(
+        {"_id": poisoned.id}, {"$set": {"outbox": [{"id": "bad", "topic": USERS_TOPIC}]}}
+    )
+    _, good_id = await _user_with_pending_event(store)
+    relay = OutboxRelay(store, broker, settings, poll_s=1.0)
+
+    assert await relay.drain() == 1
+
+    events = await collect_events(
+        settings.topic(USERS_TOPIC), lambda evs: any(e.id == good_id for e in evs)
+    )
+    assert [e.id for e in events] == [good_id]
+    doc = await store.users.find_one({"_id": poisoned.id})
+    assert doc is not None
+    assert doc["outbox"] == [{"id": "bad", "topic": USERS_TOPIC}]
+    assert "outbox_lease" in doc
