@@ -173,3 +173,16 @@ async def test_a_malformed_entry_does_not_hold_up_the_others(
     assert doc is not None
     assert doc["outbox"] == [{"id": "bad", "topic": USERS_TOPIC}]
     assert "outbox_lease" in doc
+
+
+async def test_an_expired_reset_token_is_neither_found_nor_spendable(store: AuthStore) -> None:
+    user, _ = await _user_with_pending_event(store)
+    now = datetime.now(UTC)
+    entry = outbox_entry(UserRegistered(user_id=user.id, email=user.email, name="N"), user.id)
+    await store.set_reset(user.id, "hash-1", now - timedelta(seconds=1), now, entry)
+
+    assert await store.user_by_reset("hash-1", now) is None
+    assert not await store.consume_reset(user.id, "hash-1", "new-hash", now, entry)
+    stored = await store.user(user.id)
+    assert stored is not None
+    assert stored.password_hash == "x"
