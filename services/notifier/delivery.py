@@ -19,6 +19,8 @@ import time
 import uuid
 from enum import StrEnum
 
+import structlog
+
 from common.events import Envelope
 from services.notifier.domain import (
     MAIL_CONSUMER,
@@ -33,6 +35,8 @@ from services.notifier.mailer import Mailer
 from services.notifier.metrics import Metrics
 from services.notifier.settings import NotifierSettings
 from services.notifier.storage import Store
+
+log = structlog.get_logger(__name__)
 
 
 class Outcome(StrEnum):
@@ -83,6 +87,9 @@ class Deliverer:
             return Outcome.DUPLICATE
         if claim.status == "busy":
             raise TransientError("another notifier holds a live claim on this event")
+        if claim.previous == "sending":
+            # Its sender died mid-way: if the relay had accepted, this is the one duplicate case.
+            log.warning("taking over an expired claim", event_id=mail.event_id)
         if claim.fresh and mail.kind not in UNCAPPED:
             window = window_start(time.time(), s.rate_limit_window_s)
             if not await self._store.take_send_slot(mail.user_id, window, s.rate_limit_count):

@@ -93,6 +93,8 @@ class DeadLetters:
     async def read(self) -> tuple[list[DeadLetter], dict[int, int]]:
         """Every record up to the current end, and the replay mark of each partition."""
         tps = [TopicPartition(self.topic, p) for p in await self._partitions()]
+        if not tps:
+            return [], {}  # no DLQ topic yet: nothing was ever dead-lettered
         self.consumer.assign(tps)
         marks = {tp.partition: (await self.consumer.committed(tp)) or 0 for tp in tps}
         ends = await self.consumer.end_offsets(tps)
