@@ -1,6 +1,7 @@
 """Two real gateway processes behind one Redis: limits are exact across them, caches agree."""
 
 import asyncio
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -57,9 +58,11 @@ async def pair() -> AsyncIterator[Pair]:
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
             yield Pair(key, upstream, (procs[0].url, procs[1].url), client)
     finally:
-        for proc in procs:
-            await asyncio.to_thread(proc.stop)
+        # SIGTERM runs the lifespan shutdown (Kafka consumers, pools); uvicorn then re-raises it.
+        codes = [await asyncio.to_thread(proc.stop) for proc in procs]
         await upstream.stop()
+        assert codes == [-signal.SIGTERM] * 2
+        assert all("Application shutdown complete." in proc.log_tail() for proc in procs)
 
 
 async def test_concurrent_clients_across_two_processes_get_exactly_the_api_limit(
@@ -101,6 +104,8 @@ async def test_both_processes_share_the_cache_and_its_invalidation(pair: Pair) -
     hit = await pair.client.get(f"{second}{path}", headers=me)
     assert (miss.headers["x-cache"], hit.headers["x-cache"]) == ("MISS", "HIT")
     assert hit.headers["etag"] == miss.headers["etag"]
+    assert "server" not in hit.headers
+    assert hit.headers["x-frame-options"] == "SAMEORIGIN"
     assert (await pair.client.patch(f"{first}{path}", headers=me, json={"t": 1})).status_code == 200
     after = await pair.client.get(f"{second}{path}", headers=me)
     assert after.headers["x-cache"] == "MISS"
