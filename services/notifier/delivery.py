@@ -25,6 +25,7 @@ from common.events import Envelope
 from services.notifier.domain import (
     MAIL_CONSUMER,
     UNCAPPED,
+    Mail,
     PermanentError,
     TransientError,
     allowed_by,
@@ -68,20 +69,13 @@ class Deliverer:
         if mail is None:
             self._metrics.skipped.labels("not_notifying").inc()
             return Outcome.IGNORED
-        if mail.email is not None and mail.name is not None:
-            await self._store.remember_recipient(mail.user_id, mail.email, mail.name)
-            address = (mail.email, mail.name)
-        else:
-            preferences = await self._store.preferences(mail.user_id)
-            if not allowed_by(preferences, mail.kind):
-                self._metrics.skipped.labels("opted_out").inc()
-                return Outcome.OPTED_OUT
-            found = await self._store.recipient(mail.user_id)
-            if found is None:
-                raise TransientError(f"no address known yet for user {mail.user_id}")
-            address = found
-        s = self._settings
-        claim = await self._store.claim(MAIL_CONSUMER, mail.event_id, self._owner, s.claim_lease_s)
+        address = await self._address(mail)
+        if address is None:
+            self._metrics.skipped.labels("opted_out").inc()
+            return Outcome.OPTED_OUT
+        claim = await self._store.claim(
+            MAIL_CONSUMER, mail.event_id, self._owner, self._settings.claim_lease_s
+        )
         if claim.status == "done":
             self._metrics.duplicates.inc()
             return Outcome.DUPLICATE
@@ -90,12 +84,35 @@ class Deliverer:
         if claim.previous == "sending":
             # Its sender died mid-way: if the relay had accepted, this is the one duplicate case.
             log.warning("taking over an expired claim", event_id=mail.event_id)
-        if claim.fresh and mail.kind not in UNCAPPED:
-            window = window_start(time.time(), s.rate_limit_window_s)
-            if not await self._store.take_send_slot(mail.user_id, window, s.rate_limit_count):
-                await self._store.finish(MAIL_CONSUMER, mail.event_id, "suppressed", "rate_limited")
-                self._metrics.skipped.labels("rate_limited").inc()
-                return Outcome.RATE_LIMITED
+        if claim.fresh and not await self._within_rate(mail):
+            await self._store.finish(MAIL_CONSUMER, mail.event_id, "suppressed", "rate_limited")
+            self._metrics.skipped.labels("rate_limited").inc()
+            return Outcome.RATE_LIMITED
+        await self._send(mail, address)
+        return Outcome.SENT
+
+    async def _address(self, mail: Mail) -> tuple[str, str] | None:
+        """(email, name) to send to; None when the user opted out of this kind."""
+        if mail.email is not None and mail.name is not None:
+            # Account events carry the address: keep it for the reminders that do not.
+            await self._store.remember_recipient(mail.user_id, mail.email, mail.name)
+            return mail.email, mail.name
+        if not allowed_by(await self._store.preferences(mail.user_id), mail.kind):
+            return None
+        found = await self._store.recipient(mail.user_id)
+        if found is None:
+            raise TransientError(f"no address known yet for user {mail.user_id}")
+        return found
+
+    async def _within_rate(self, mail: Mail) -> bool:
+        if mail.kind in UNCAPPED:
+            return True
+        s = self._settings
+        window = window_start(time.time(), s.rate_limit_window_s)
+        return await self._store.take_send_slot(mail.user_id, window, s.rate_limit_count)
+
+    async def _send(self, mail: Mail, address: tuple[str, str]) -> None:
+        """Send under the claim, then record it; a failure hands the claim back."""
         message = self._mailer.render(mail, *address)
         try:
             await self._mailer.send(message)
@@ -109,4 +126,3 @@ class Deliverer:
             raise
         await self._store.finish(MAIL_CONSUMER, mail.event_id, "sent")
         self._metrics.sent.labels(mail.kind).inc()
-        return Outcome.SENT
