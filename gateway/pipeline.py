@@ -2,6 +2,7 @@
 
 import os
 import re
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -38,6 +39,7 @@ from gateway.settings import GatewaySettings, LimitScope
 
 log = structlog.get_logger(__name__)
 
+OUTAGE_LOG_INTERVAL_S = 10.0
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 _TRACEPARENT = re.compile(rb"^00-([0-9a-f]{32})-[0-9a-f]{16}-([0-9a-f]{2})$")
@@ -78,7 +80,7 @@ class Pipeline:
         self._proxies = TrustedProxies(settings.trusted_proxies)
         scopes: tuple[LimitScope, ...] = ("login", "public", "api")
         self._policies = {s: policies_for(settings.rate_limits, s) for s in scopes}
-        self._policy_headers = {s: policy_header(p) for s, p in self._policies.items()}
+        self._last_outage_log = float("-inf")
         self._cache_prefixes = tuple(settings.cache_prefixes)
         self._vary = tuple(name.lower().encode() for name in settings.cache_vary)
 
@@ -158,17 +160,16 @@ class Pipeline:
         try:
             gate = await self._gate.check(identity, checks)
         except RedisError as exc:
-            if self._settings.redis_failure_mode == "closed":
-                self._metrics.limiter.labels("fail_closed").inc()
-                log.warning("redis unavailable, refusing", error=str(exc))
+            mode = self._settings.redis_failure_mode
+            self._metrics.limiter.labels(f"fail_{mode}").inc()
+            self._log_outage(mode, exc)
+            if mode == "closed":
                 return None, problem(503, "rate limiter unavailable", path, {"Retry-After": "1"})
-            self._metrics.limiter.labels("fail_open").inc()
-            log.warning("redis unavailable, admitting", error=str(exc))
             return None, None
         if gate.revoked:
             return gate, problem(401, UNAUTHORIZED_DETAIL, path, _WWW_AUTHENTICATE)
         if gate.states:
-            extra.append((b"ratelimit-policy", self._policy_headers[limit_scope]))
+            extra.append((b"ratelimit-policy", policy_header(s.policy for s in gate.states)))
             extra.append((b"ratelimit", ratelimit_header(gate.states)))
         if not gate.admitted:
             self._metrics.limiter.labels("limited").inc()
@@ -176,6 +177,13 @@ class Pipeline:
             return gate, problem(429, "rate limit exceeded", path, {"Retry-After": wait})
         self._metrics.limiter.labels("admitted").inc()
         return gate, None
+
+    def _log_outage(self, mode: str, exc: RedisError) -> None:
+        """At most one line per interval: an outage must not flood the logs."""
+        now = time.monotonic()
+        if now - self._last_outage_log >= OUTAGE_LOG_INTERVAL_S:
+            self._last_outage_log = now
+            log.warning("redis unavailable", failure_mode=mode, error=str(exc))
 
     def _cacheable(self, scope: Scope) -> bool:
         if not scope["path"].startswith(self._cache_prefixes):
