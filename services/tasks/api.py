@@ -1,5 +1,6 @@
 """HTTP routes of the tasks service; domain errors become problem+json here and only here."""
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from services.tasks.domain import (
 from services.tasks.events import wrap
 from services.tasks.storage import TaskStore, new_task_id
 
+_log = logging.getLogger(__name__)
 _ID = re.compile(r"[0-9a-f]{24}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 
@@ -216,6 +218,8 @@ def install_task_error_handlers(app: FastAPI) -> None:
 
     async def on_task_error(request: Request, exc: Exception) -> Response:
         status, detail = _ERRORS[type(exc)] if isinstance(exc, TaskError) else (500, "error")
+        if status >= 500:
+            _log.warning("answering %s: %s", status, exc)
         headers = {"Retry-After": "1"} if status == 503 else None
         return problem_response(status, detail, instance=request.url.path, headers=headers)
 

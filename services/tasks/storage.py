@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, IndexModel, WriteConcern
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect, DuplicateKeyError, OperationFailure
@@ -241,6 +241,15 @@ class TaskStore:
         self._wait = lock_wait_s
         self._outbox_max = outbox_max
 
+    def _where(self, task_id: str, **read: Any) -> Doc:
+        """The filter of a write that must only apply to the state read.
+
+        Under a lock the state cannot change, so `_id` alone: the one filter FerretDB pushes
+        down (any other filter scans the whole collection). Without locks (MongoDB), the
+        conditions make the single-document update atomic compare-and-set.
+        """
+        return {"_id": task_id} if self.locks.enabled else {"_id": task_id, **read}
+
     async def ensure_indexes(self) -> None:
         """Create the missing indexes; fail if one exists under our name with other keys.
 
@@ -307,7 +316,7 @@ class TaskStore:
         """Apply `change` atomically with its event; retried when a concurrent write wins."""
         async with self.locks.hold(f"w:{task_id}", wait_s=self._wait) as held:
             if not held:
-                raise BusyError(task_id)
+                raise BusyError(f"{task_id}: lock wait timed out")
             for _ in range(5):
                 doc = await self._live(owner, task_id)
                 before = from_doc(doc)
@@ -315,13 +324,15 @@ class TaskStore:
                 if payload is None:
                     return before
                 if len(doc["outbox"]) >= self._outbox_max:
-                    raise BusyError(task_id)  # Kafka has been down long: push back, lose nothing
+                    raise BusyError(
+                        f"{task_id}: outbox full"
+                    )  # Kafka has been down long: push back, lose nothing
                 fields = to_doc(after)
                 fields.pop("_id")
                 fields["remind"] = wants_reminder(after, doc["reminded_for"])
                 if await self._write(doc, {"$set": fields}, wrap(payload)):
                     return after
-        raise BusyError(task_id)
+        raise BusyError(f"{task_id}: kept losing to concurrent writes")
 
     async def delete(
         self, owner: str, task_id: str, check: Callable[[Task], Payload], wrap: Wrap
@@ -329,22 +340,21 @@ class TaskStore:
         """Turn the task into a tombstone holding its deleted event; the relay removes it later."""
         async with self.locks.hold(f"w:{task_id}", wait_s=self._wait) as held:
             if not held:
-                raise BusyError(task_id)
+                raise BusyError(f"{task_id}: lock wait timed out")
             for _ in range(5):
                 doc = await self._live(owner, task_id)
                 payload = check(from_doc(doc))
                 update = {"$set": {"deleted": True, "remind": False}, "$inc": {"version": 1}}
                 if await self._write(doc, update, wrap(payload)):
                     return
-        raise BusyError(task_id)
+        raise BusyError(f"{task_id}: kept losing to concurrent writes")
 
     async def _write(self, doc: Doc, update: Doc, event: Envelope) -> bool:
         """Conditional on the version read, so a concurrent writer can never be overwritten."""
         update.setdefault("$set", {})["pending"] = True
         update["$push"] = {"outbox": outbox_entry(event)}
-        result = await self.tasks.update_one(
-            {"_id": doc["_id"], "version": doc["version"], "deleted": False}, update
-        )
+        where = self._where(doc["_id"], version=doc["version"], deleted=False)
+        result = await self.tasks.update_one(where, update)
         return result.modified_count == 1
 
     async def page(
@@ -396,10 +406,19 @@ class TaskStore:
         async with self.locks.hold(f"w:{task_id}", wait_s=self._wait) as held:
             if not held:
                 return  # the entries stay and are published again: duplicates, never losses
-            await self.tasks.update_one({"_id": task_id}, {"$pullAll": {"outbox": entries}})
-            empty = {"_id": task_id, "outbox": {"$size": 0}}
-            await self.tasks.delete_one(empty | {"deleted": True})
-            await self.tasks.update_one(empty | {"pending": True}, {"$set": {"pending": False}})
+            doc = await self.tasks.find_one_and_update(
+                {"_id": task_id},
+                {"$pullAll": {"outbox": entries}},
+                return_document=ReturnDocument.AFTER,  # no projection: FerretDB 1.24 refuses it
+            )
+            if doc is None or doc["outbox"]:
+                return  # new events arrived meanwhile: the task stays pending
+            if doc["deleted"]:
+                where = self._where(task_id, outbox={"$size": 0}, deleted=True)
+                await self.tasks.delete_one(where)
+            elif doc["pending"]:
+                where = self._where(task_id, outbox={"$size": 0}, pending=True)
+                await self.tasks.update_one(where, {"$set": {"pending": False}})
 
     # --- due-date reminders -------------------------------------------------------------
 
@@ -424,12 +443,7 @@ class TaskStore:
                 return False
             event = make(from_doc(doc))
             result = await self.tasks.update_one(
-                {
-                    "_id": task_id,
-                    "remind": True,
-                    "due_at": doc["due_at"],
-                    "version": doc["version"],
-                },
+                self._where(task_id, remind=True, due_at=doc["due_at"], version=doc["version"]),
                 {
                     "$set": {"remind": False, "reminded_for": doc["due_at"], "pending": True},
                     "$push": {"outbox": outbox_entry(event)},
