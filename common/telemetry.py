@@ -60,13 +60,38 @@ class JsonLinesSpanExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Append one line per span."""
-        lines = [span.to_json(indent=None) + "\n" for span in spans]
+        lines = [json.dumps(span_record(span), default=_json_default) + "\n" for span in spans]
         with self._lock, self._path.open("a", encoding="utf-8") as out:
             out.writelines(lines)
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
         """Nothing to release: each export opens and closes the file."""
+
+
+def _json_default(value: object) -> str:
+    # Attribute values may be bytes (a Kafka message key); a span must never fail to export.
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return repr(value)
+
+
+def span_record(span: ReadableSpan) -> dict[str, Any]:
+    """The fields of a span that tests and humans read, with ids as lowercase hex."""
+    ctx = span.get_span_context()
+    parent = span.parent
+    return {
+        "name": span.name,
+        "service": span.resource.attributes.get("service.name"),
+        "trace_id": format(ctx.trace_id, "032x") if ctx else None,
+        "span_id": format(ctx.span_id, "016x") if ctx else None,
+        "parent_id": format(parent.span_id, "016x") if parent else None,
+        "kind": span.kind.name,
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": span.status.status_code.name,
+        "attributes": dict(span.attributes or {}),
+    }
 
 
 def setup_tracing(settings: ServiceSettings) -> TracerProvider:
@@ -146,6 +171,7 @@ def setup_logging(settings: ServiceSettings) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(),
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _add_trace_context,
         _redact,
