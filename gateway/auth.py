@@ -4,12 +4,18 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+import aiohttp
+import jwt
 from redis.asyncio import Redis
 
 from common.events import SessionsRevoked
 from common.tokens import AccessClaims, JwksCache, KeySource, StaticKeys, TokenError, TokenVerifier
 
 UNAUTHORIZED_DETAIL = "a valid access token is required"
+
+
+class KeysUnavailableError(Exception):
+    """The verification keys cannot be fetched now: the token is neither good nor bad yet."""
 
 
 class PublicRoutes:
@@ -54,7 +60,10 @@ class EdgeVerifier:
             if claims.exp > time.time():
                 return claims
             del self._cache[token]
-        claims = await self._verifier.verify(token)
+        try:
+            claims = await self._verifier.verify(token)
+        except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWKError) as exc:
+            raise KeysUnavailableError(str(exc)) from exc
         if len(self._cache) >= self._max:
             # dicts keep insertion order: drop the oldest entry (FIFO bound, no LRU bookkeeping).
             del self._cache[next(iter(self._cache))]

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
 from common.tokens import AccessClaims, TokenError
-from gateway.auth import UNAUTHORIZED_DETAIL, EdgeVerifier, PublicRoutes
+from gateway.auth import UNAUTHORIZED_DETAIL, EdgeVerifier, KeysUnavailableError, PublicRoutes
 from gateway.cache import (
     ResponseCache,
     bump_generation,
@@ -114,6 +114,8 @@ class Pipeline:
                 claims = await self._verifier.verify(header(scope, b"authorization"))
             except TokenError:
                 return problem(401, UNAUTHORIZED_DETAIL, path, _WWW_AUTHENTICATE)
+            except KeysUnavailableError:
+                return problem(503, "token keys unavailable", path, {"Retry-After": "5"})
         peer = scope["client"][0] if scope.get("client") else "0.0.0.0"
         ip = self._proxies.client_ip(peer, header(scope, b"x-forwarded-for"))
         gate, refusal = await self._pass_gate(scope, body, claims, ip, extra)

@@ -204,8 +204,10 @@ async def test_a_new_gateway_process_knows_earlier_revocations(stack: Stack) -> 
         return (await stack.client.get("/api/tasks", headers=headers)).status_code == 401
 
     await poll(refused)
+    # Same Redis namespace, other topics: what it knows can only come from Redis.
+    later = stack.settings.model_copy(update={"topic_prefix": f"{uuid.uuid4().hex[:10]}."})
     async with (
-        serve_asgi(create_app(stack.settings)) as url,
+        serve_asgi(create_app(later)) as url,
         httpx.AsyncClient(base_url=url, timeout=10) as client,
     ):
         assert (await client.get("/api/tasks", headers=headers)).status_code == 401

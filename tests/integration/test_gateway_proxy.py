@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from aiohttp import web
 
 from gateway.app import create_app
 from gateway.headers import DEFAULT_CSP, HELMET_HEADERS
@@ -232,3 +233,48 @@ async def test_docs_metrics_and_probes(stack: Stack) -> None:
     assert ready.json()["checks"] == {"redis": "ok", "kafka": "ok"}
     metrics = await stack.client.get("/metrics")
     assert 'gateway_requests_total{route="tasks",status="200"}' in metrics.text
+
+
+async def test_keys_come_from_the_jwks_url_and_its_outage_is_a_503() -> None:
+    key = SigningKey.generate()
+    jwks_app = web.Application()
+
+    async def jwks(_: web.Request) -> web.Response:
+        return web.json_response(key.jwks())
+
+    jwks_app.router.add_get("/.well-known/jwks.json", jwks)
+    runner = web.AppRunner(jwks_app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    upstream = await EchoUpstream("tasks").start()
+    live = gateway_settings(
+        f"gwk{uuid.uuid4().hex[:8]}",
+        key,
+        upstream.url,
+        jwks_json=None,
+        jwks_url=f"http://127.0.0.1:{port}/.well-known/jwks.json",
+    )
+    dead = gateway_settings(
+        f"gwk{uuid.uuid4().hex[:8]}",
+        key,
+        upstream.url,
+        jwks_json=None,
+        jwks_url=f"http://127.0.0.1:{free_port()}/.well-known/jwks.json",
+    )
+    token, _ = key.mint("u1")
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        async with (
+            serve_asgi(create_app(live)) as live_url,
+            serve_asgi(create_app(dead)) as dead_url,
+            httpx.AsyncClient(timeout=10) as client,
+        ):
+            assert (await client.get(f"{live_url}/api/tasks", headers=auth)).status_code == 200
+            down = await client.get(f"{dead_url}/api/tasks", headers=auth)
+            assert down.status_code == 503
+            assert down.headers["content-type"] == "application/problem+json"
+            assert_helmet(down)
+    finally:
+        await upstream.stop()
+        await runner.cleanup()
