@@ -1,4 +1,4 @@
-"""A bare ASGI JSON echo: the baseline the gateway is compared with (`python -m bench.echo_app PORT`)."""
+"""A bare ASGI JSON echo, the baseline of the gateway benchmark: `python -m bench.echo_app PORT`."""
 
 import sys
 

@@ -46,8 +46,10 @@ _TRACEPARENT = re.compile(rb"^00-([0-9a-f]{32})-[0-9a-f]{16}-([0-9a-f]{2})$")
 _NOT_MODIFIED_HEADERS = frozenset({b"etag", b"cache-control", b"vary", b"last-modified"})
 # The gateway sets these itself; a client's own values must not reach a service.
 _CLIENT_DROP = frozenset(
-    {b"x-request-id", b"traceparent", b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"}
+    {b"x-request-id", b"traceparent", b"forwarded"}
+    | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
 )
+_DOT_SEGMENT = re.compile(r"/\.\.?(/|$)")
 _CONDITIONAL = frozenset({b"if-none-match", b"if-modified-since"})
 _WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="taskbus"'}
 
@@ -93,6 +95,10 @@ class Pipeline:
         try:
             if route is None:
                 reply = problem(404, "no such route", scope["path"])
+            elif _DOT_SEGMENT.search(scope["path"]):
+                # Routing and the public-route check read the decoded path: no dot segments
+                # may make a service resolve it to somewhere else.
+                reply = problem(400, "dot segments are not allowed in the path", scope["path"])
             else:
                 reply = await self._handle(route, scope, receive, extra)
         except ClientGoneError:
@@ -122,9 +128,7 @@ class Pipeline:
         if refusal is not None:
             return refusal
         headers = upstream_headers(scope["headers"], extra[0][1], ip, scope.get("scheme", "http"))
-        target = path + (
-            "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
-        )
+        target = request_target(scope)
         if method == "GET" and claims and gate and self._cacheable(scope):
             return await self._cached(
                 scope,
@@ -260,18 +264,29 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
+def request_target(scope: Scope) -> str:
+    """Path and query exactly as the client sent them (percent-encoding kept)."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else scope["path"]
+    query = scope["query_string"]
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
 def upstream_headers(
     headers: Sequence[tuple[bytes, bytes]], request_id: bytes, ip: str, scheme: str
 ) -> list[Header]:
     """The client's headers plus request id, trace context and the forwarded client."""
-    given = dict(headers).get(b"traceparent")
-    return [
+    given = dict(headers)
+    forwarded = [
         *((k, v) for k, v in headers if k not in _CLIENT_DROP),
         (b"x-request-id", request_id),
-        (b"traceparent", child_traceparent(given)),
+        (b"traceparent", child_traceparent(given.get(b"traceparent"))),
         (b"x-forwarded-for", ip.encode()),
         (b"x-forwarded-proto", scheme.encode()),
     ]
+    if b"host" in given:  # the upstream sees its own Host; links it builds need the public one
+        forwarded.append((b"x-forwarded-host", given[b"host"]))
+    return forwarded
 
 
 def child_traceparent(given: bytes | None) -> bytes:

@@ -1,5 +1,6 @@
 """The gateway as a proxy: routing, edge JWT, request ids, security headers, errors, deadlines."""
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -59,6 +60,18 @@ async def stack() -> AsyncIterator[Stack]:
     finally:
         for upstream in (auth, tasks, notifier):
             await upstream.stop()
+
+
+async def raw_status(base_url: str, path: str) -> int:
+    """Send a GET with `path` byte for byte (HTTP clients normalise dot segments away)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    return int(status_line.split()[1])
 
 
 def assert_helmet(response: httpx.Response) -> None:
@@ -278,3 +291,24 @@ async def test_keys_come_from_the_jwks_url_and_its_outage_is_a_503() -> None:
     finally:
         await upstream.stop()
         await runner.cleanup()
+
+
+async def test_percent_encoding_reaches_the_service_and_dot_segments_do_not(stack: Stack) -> None:
+    encoded = await stack.client.get("/api/tasks/a%2Fb?x=%20", headers=stack.bearer())
+    assert encoded.json()["raw_path"] == "/api/tasks/a%2Fb?x=%20"
+    assert encoded.json()["headers"]["x-forwarded-host"] == stack.url.removeprefix("http://")
+    before = len(stack.auth.requests) + len(stack.tasks.requests)
+    for path in ("/api/auth/password-reset/../../tasks", "/api/tasks/./x", "/api/tasks/.."):
+        assert await raw_status(stack.url, path) == 400
+    assert len(stack.auth.requests) + len(stack.tasks.requests) == before
+
+
+async def test_metrics_count_cache_results_and_limiter_decisions(stack: Stack) -> None:
+    auth = stack.bearer()
+    path = f"/api/tasks/{uuid.uuid4().hex}"
+    await stack.client.get(path, headers=auth)
+    await stack.client.get(path, headers=auth)
+    text = (await stack.client.get("/metrics")).text
+    assert 'gateway_cache_total{result="hit"}' in text
+    assert 'gateway_cache_total{result="miss"}' in text
+    assert 'gateway_ratelimit_total{decision="admitted"}' in text

@@ -69,6 +69,7 @@ class EchoUpstream:
             "service": self.name,
             "method": request.method,
             "path": request.path,
+            "raw_path": request.raw_path,
             "query": request.query_string,
             "headers": {k.lower(): v for k, v in request.headers.items()},
             "body": body.decode(errors="replace"),
