@@ -59,3 +59,7 @@ bench-jwt: ## RS256 vs EdDSA vs ES256 sign/verify and login-check timing -> docs
 .PHONY: bench-gateway
 bench-gateway: ## gateway vs a bare ASGI echo under wrk (needs wrk, Kafka, Redis) -> docs/bench-gateway.md
 	@$(PY) -m bench.bench_gateway
+
+.PHONY: bench-tasks
+bench-tasks: ## tasks CRUD throughput, write-lock cost, outbox relay lag (needs Kafka, FerretDB) -> docs/bench-tasks.md
+	@$(PY) -m bench.bench_tasks
