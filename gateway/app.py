@@ -127,7 +127,9 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
         exception_handlers={HTTPException: on_http_error},
     )
     app = Gateway(parts, rest)
-    return EdgeHeaders(app, settings.cors_origins, settings.cors_max_age_s)
+    return EdgeHeaders(
+        app, settings.cors_origins, settings.cors_max_age_s, settings.cors_allow_credentials
+    )
 
 
 def asyncapi(broker: KafkaBroker) -> Any:

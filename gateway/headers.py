@@ -73,10 +73,17 @@ class EdgeHeaders:
     with the full header set.
     """
 
-    def __init__(self, app: ASGIApp, cors_origins: Iterable[str], cors_max_age_s: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        cors_origins: Iterable[str],
+        cors_max_age_s: int,
+        cors_credentials: bool = True,
+    ) -> None:
         self._app = app
         self._origins = frozenset(origin.encode() for origin in cors_origins)
         self._max_age = str(cors_max_age_s).encode()
+        self._credentials = [(b"access-control-allow-credentials", b"true")] * cors_credentials
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Wrap `send` so the response start carries the edge headers."""
@@ -92,6 +99,7 @@ class EdgeHeaders:
             extra += [
                 (b"access-control-allow-origin", allowed),
                 (b"access-control-expose-headers", CORS_EXPOSED),
+                *self._credentials,
             ]
         started = False
 

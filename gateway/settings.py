@@ -74,6 +74,8 @@ class GatewaySettings(ServiceSettings):
     trusted_proxies: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     cors_max_age_s: int = 600
+    # The refresh cookie (SameSite=Strict) rides along only on credentialed requests.
+    cors_allow_credentials: bool = True
     # Response cache: which GET routes, how long at most, how big, which request headers vary.
     cache_prefixes: tuple[str, ...] = ("/api/tasks", "/api/notifications/")
     cache_ttl_s: int = 30

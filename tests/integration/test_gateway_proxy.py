@@ -223,6 +223,7 @@ async def test_cors_allows_only_listed_origins(stack: Stack) -> None:
     assert allowed.status_code == 204
     assert allowed.headers["access-control-allow-origin"] == ORIGIN
     assert "PATCH" in allowed.headers["access-control-allow-methods"]
+    assert allowed.headers["access-control-allow-credentials"] == "true"
     assert_helmet(allowed)
     refused = await stack.client.options(
         "/api/tasks/1", headers={**preflight, "Origin": "https://evil.example"}
