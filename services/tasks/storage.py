@@ -3,13 +3,8 @@
 Only features FerretDB 1.24 and MongoDB share: no transactions, no change streams, no $lookup.
 """
 
-import asyncio
-import random
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
@@ -30,21 +25,14 @@ from services.tasks.domain import (
     Task,
     TaskNotFoundError,
     TaskStats,
-    escape_regex,
     wants_reminder,
 )
+from services.tasks.locks import DocLocks
+from services.tasks.queries import NO_DUE, SORT_INDEX, list_filter, list_sort
 
 Doc = dict[str, Any]
 Wrap = Callable[[Payload], Envelope]
 Mutation = Callable[[Task], tuple[Task, Payload | None]]
-# "No due date" sorts after every real date (ascending), the same way on FerretDB and MongoDB.
-NO_DUE = datetime(9999, 12, 31, tzinfo=UTC)
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-SORT_INDEX = {
-    "created_at": "owner_created_at",
-    "due_at": "owner_due_at",
-    "priority": "owner_priority",
-}
 INDEXES = [
     IndexModel([("owner", ASCENDING), ("status", ASCENDING)], name="owner_status"),
     # The _id suffix lets keyset pagination walk the index without an in-memory sort.
@@ -63,91 +51,6 @@ INDEXES = [
     IndexModel([("pending", ASCENDING)], name="outbox_pending"),
     IndexModel([("remind", ASCENDING), ("due_at", ASCENDING)], name="reminders"),
 ]
-
-
-class DocLocks:
-    """Mutual exclusion between processes via lock documents (a unique _id insert is atomic).
-
-    A holder that dies leaves its lock until `expires_at`; then others may take it over.
-    Within one process, contenders queue on an asyncio.Lock first, so at most one coroutine per
-    process polls the database (SQLite has one writer: polling writes slow the holder down).
-    """
-
-    def __init__(self, coll: AsyncCollection[Doc], *, enabled: bool = True) -> None:
-        self._coll = coll
-        self.enabled = enabled
-        self._local: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    async def _try(self, key: str, token: str, ttl_s: float) -> bool:
-        now = datetime.now(UTC)
-        try:
-            await self._coll.insert_one(
-                {"_id": key, "holder": token, "expires_at": now + timedelta(seconds=ttl_s)}
-            )
-        except DuplicateKeyError:
-            current = await self._coll.find_one({"_id": key})
-            if current is not None and current["expires_at"] < now:
-                await self._coll.delete_one({"_id": key, "holder": current["holder"]})
-            return False
-        return True
-
-    async def _in_db(self, key: str, token: str, ttl_s: float, deadline: float) -> bool:
-        pause = 0.002
-        while not await self._try(key, token, ttl_s):
-            if time.monotonic() >= deadline:
-                return False
-            # Waiting on another process: jittered backoff, there is nothing to subscribe to.
-            await asyncio.sleep(pause * random.uniform(0.5, 1.5))  # noqa: S311
-            pause = min(pause * 2, 0.05)
-        return True
-
-    async def _local_lock(self, key: str, deadline: float) -> asyncio.Lock | None:
-        lock, users = self._local.get(key) or (asyncio.Lock(), 0)
-        self._local[key] = (lock, users + 1)
-        remaining = deadline - time.monotonic()
-        if not lock.locked():
-            await lock.acquire()  # free: taken without yielding to the loop
-            return lock
-        if remaining > 0:
-            try:
-                await asyncio.wait_for(lock.acquire(), remaining)
-            except TimeoutError:
-                pass
-            else:
-                return lock
-        self._forget(key)
-        return None
-
-    def _forget(self, key: str) -> None:
-        lock, users = self._local[key]
-        if users > 1:
-            self._local[key] = (lock, users - 1)
-        else:
-            del self._local[key]
-
-    @asynccontextmanager
-    async def hold(
-        self, key: str, *, ttl_s: float = 10.0, wait_s: float = 5.0
-    ) -> AsyncIterator[bool]:
-        """Hold `key` (yields True), or yield False if it stays taken for `wait_s`."""
-        if not self.enabled:
-            yield True
-            return
-        token, deadline = uuid.uuid4().hex, time.monotonic() + wait_s
-        local = await self._local_lock(key, deadline)
-        if local is None:
-            yield False
-            return
-        try:
-            held = await self._in_db(key, token, ttl_s, deadline)
-            try:
-                yield held
-            finally:
-                if held:
-                    await self._coll.delete_one({"_id": key, "holder": token})
-        finally:
-            local.release()
-            self._forget(key)
 
 
 def to_doc(task: Task) -> Doc:
@@ -190,39 +93,6 @@ def from_doc(doc: Doc) -> Task:
 def outbox_entry(event: Envelope) -> Doc:
     """An outbox array element; the relay removes it by exact value after publishing."""
     return {"id": event.id, "event": event.model_dump(mode="json")}
-
-
-def list_filter(owner: str, query: ListQuery, after: CursorPosition | None) -> Doc:
-    """The find filter of one list page (keyset pagination after `after`)."""
-    base: Doc = {"owner": owner, "deleted": False}
-    if query.status:
-        base["status"] = query.status
-    if query.priority:
-        base["priority"] = PRIORITY_RANK[query.priority]
-    if query.tag:
-        base["tags"] = query.tag
-    due: Doc = {}
-    if query.due_before:
-        due["$lt"] = query.due_before
-    if query.due_after:
-        due["$gt"] = query.due_after
-        due.setdefault("$lt", NO_DUE)
-    if due:
-        base["due_at"] = due
-    if query.q:
-        base["title"] = {"$regex": escape_regex(query.q), "$options": "i"}
-    if after is None:
-        return base
-    op = "$lt" if query.descending else "$gt"
-    field = query.sort_field
-    keyset = {"$or": [{field: {op: after.value}}, {field: after.value, "_id": {op: after.id}}]}
-    return {"$and": [base, keyset]}
-
-
-def list_sort(query: ListQuery) -> list[tuple[str, int]]:
-    """Sort spec: the field, then _id, same direction (a total order for keyset paging)."""
-    direction = DESCENDING if query.descending else ASCENDING
-    return [(query.sort_field, direction), ("_id", direction)]
 
 
 class TaskStore:

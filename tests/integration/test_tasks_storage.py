@@ -21,14 +21,9 @@ from services.tasks.domain import (
     now_ms,
 )
 from services.tasks.events import OutboxRelay, ReminderScan, wrap
+from services.tasks.queries import SORT_INDEX, list_filter, list_sort
 from services.tasks.settings import TasksSettings
-from services.tasks.storage import (
-    SORT_INDEX,
-    TaskStore,
-    list_filter,
-    list_sort,
-    new_task_id,
-)
+from services.tasks.storage import TaskStore, new_task_id
 from tests.support.infra import KAFKA_BOOTSTRAP, MONGO_URL
 from tests.support.kafka import collect_events
 

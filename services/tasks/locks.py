@@ -1,0 +1,100 @@
+"""Lock documents: mutual exclusion between replicas on a database without transactions."""
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
+
+Doc = dict[str, Any]
+
+
+class DocLocks:
+    """Mutual exclusion between processes via lock documents (a unique _id insert is atomic).
+
+    A holder that dies leaves its lock until `expires_at`; then others may take it over.
+    Within one process, contenders queue on an asyncio.Lock first, so at most one coroutine per
+    process polls the database (SQLite has one writer: polling writes slow the holder down).
+    """
+
+    def __init__(self, coll: AsyncCollection[Doc], *, enabled: bool = True) -> None:
+        self._coll = coll
+        self.enabled = enabled
+        self._local: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def _try(self, key: str, token: str, ttl_s: float) -> bool:
+        now = datetime.now(UTC)
+        try:
+            await self._coll.insert_one(
+                {"_id": key, "holder": token, "expires_at": now + timedelta(seconds=ttl_s)}
+            )
+        except DuplicateKeyError:
+            current = await self._coll.find_one({"_id": key})
+            if current is not None and current["expires_at"] < now:
+                await self._coll.delete_one({"_id": key, "holder": current["holder"]})
+            return False
+        return True
+
+    async def _in_db(self, key: str, token: str, ttl_s: float, deadline: float) -> bool:
+        pause = 0.002
+        while not await self._try(key, token, ttl_s):
+            if time.monotonic() >= deadline:
+                return False
+            # Waiting on another process: jittered backoff, there is nothing to subscribe to.
+            await asyncio.sleep(pause * random.uniform(0.5, 1.5))  # noqa: S311
+            pause = min(pause * 2, 0.05)
+        return True
+
+    async def _local_lock(self, key: str, deadline: float) -> asyncio.Lock | None:
+        lock, users = self._local.get(key) or (asyncio.Lock(), 0)
+        self._local[key] = (lock, users + 1)
+        remaining = deadline - time.monotonic()
+        if not lock.locked():
+            await lock.acquire()  # free: taken without yielding to the loop
+            return lock
+        if remaining > 0:
+            try:
+                await asyncio.wait_for(lock.acquire(), remaining)
+            except TimeoutError:
+                pass
+            else:
+                return lock
+        self._forget(key)
+        return None
+
+    def _forget(self, key: str) -> None:
+        lock, users = self._local[key]
+        if users > 1:
+            self._local[key] = (lock, users - 1)
+        else:
+            del self._local[key]
+
+    @asynccontextmanager
+    async def hold(
+        self, key: str, *, ttl_s: float = 10.0, wait_s: float = 5.0
+    ) -> AsyncIterator[bool]:
+        """Hold `key` (yields True), or yield False if it stays taken for `wait_s`."""
+        if not self.enabled:
+            yield True
+            return
+        token, deadline = uuid.uuid4().hex, time.monotonic() + wait_s
+        local = await self._local_lock(key, deadline)
+        if local is None:
+            yield False
+            return
+        try:
+            held = await self._in_db(key, token, ttl_s, deadline)
+            try:
+                yield held
+            finally:
+                if held:
+                    await self._coll.delete_one({"_id": key, "holder": token})
+        finally:
+            local.release()
+            self._forget(key)
