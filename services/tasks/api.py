@@ -170,7 +170,10 @@ async def get_task(
     """One task; 304 when If-None-Match names its current version."""
     task = await d.store.get(owner, _task_id(task_id))
     if if_none_match_hit(if_none_match, task.version):
-        return Response(status_code=304, headers={"ETag": etag(task.version)})
+        return Response(
+            status_code=304,
+            headers={"ETag": etag(task.version), "Cache-Control": "private, no-cache"},
+        )
     return _task_response(task)
 
 
