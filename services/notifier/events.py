@@ -194,14 +194,22 @@ class Subscribers:
     pauser: PartitionPauser
 
     def consumers(self) -> list[tuple[str, AIOKafkaConsumer | None]]:
-        """(group, live consumer) pairs."""
-        return [(g, getattr(sub, "consumer", None)) for g, sub in self.groups.items()]
+        """(group, live consumer) pairs; a concurrent subscriber has several per group."""
+        pairs: list[tuple[str, AIOKafkaConsumer | None]] = []
+        for group, sub in self.groups.items():
+            many = getattr(sub, "consumer_subgroup", None)
+            pairs.extend((group, c) for c in many or [getattr(sub, "consumer", None)])
+        return pairs
 
 
 def _subscriber(
-    broker: KafkaBroker, settings: NotifierSettings, topics: list[str], group: str
+    broker: KafkaBroker, settings: NotifierSettings, topics: list[str], group: str, workers: int = 1
 ) -> DefaultSubscriber:
-    """A single-worker subscriber committing after handling; a new group starts at the beginning."""
+    """Commit after handling; a new group starts at the beginning.
+
+    With `workers` > 1 (one topic only) FastStream runs that many consumers in the group, each
+    handling its own partitions in order, so one slow partition does not hold up the others.
+    """
     return broker.subscriber(
         *topics,
         group_id=group,
@@ -209,20 +217,16 @@ def _subscriber(
         auto_offset_reset="earliest",
         session_timeout_ms=settings.consumer_session_timeout_ms,
         heartbeat_interval_ms=settings.consumer_session_timeout_ms // 3,
+        max_workers=workers,
     )
 
 
 def register(broker: KafkaBroker, settings: NotifierSettings, pipeline: Pipeline) -> Subscribers:
     """Attach the source and retry subscribers to the broker (before it starts)."""
-    mail_group = group_id(settings, "mail")
-    source = _subscriber(
-        broker, settings, [settings.topic(USERS_TOPIC), settings.topic(TASKS_TOPIC)], mail_group
-    )
-
-    @source
-    async def on_source_event(message: KafkaMessage) -> None:
-        await pipeline.handle(message.raw_message, attempt=1)
-        pipeline.metrics.record_handled(mail_group, message.raw_message)
+    groups: dict[str, object] = {}
+    for topic in (USERS_TOPIC, TASKS_TOPIC):
+        group = group_id(settings, topic.rpartition(".")[2])
+        groups[group] = _source(broker, settings, pipeline, topic, group)
 
     pauser = PartitionPauser()
     retry_group = group_id(settings, "retry")
@@ -243,4 +247,19 @@ def register(broker: KafkaBroker, settings: NotifierSettings, pipeline: Pipeline
         await pipeline.handle(record, attempt=attempt)
         pipeline.metrics.record_handled(retry_group, record)
 
-    return Subscribers({mail_group: source, retry_group: retries}, pauser)
+    groups[retry_group] = retries
+    return Subscribers(groups, pauser)
+
+
+def _source(
+    broker: KafkaBroker, settings: NotifierSettings, pipeline: Pipeline, topic: str, group: str
+) -> DefaultSubscriber:
+    workers = settings.consumers_per_topic
+    source = _subscriber(broker, settings, [settings.topic(topic)], group, workers)
+
+    @source
+    async def on_source_event(message: KafkaMessage) -> None:
+        await pipeline.handle(message.raw_message, attempt=1)
+        pipeline.metrics.record_handled(group, message.raw_message)
+
+    return source

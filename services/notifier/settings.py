@@ -52,6 +52,8 @@ class NotifierSettings(ServiceSettings):
     # Per-user cap on sent mails per fixed window; welcome mails do not count against it.
     rate_limit_count: int = Field(default=20, ge=1)
     rate_limit_window_s: int = Field(default=3600, ge=1)
+    # Consumers per source topic in this process (each owns some partitions, handled in order).
+    consumers_per_topic: int = Field(default=2, ge=1, le=16)
     consumer_session_timeout_ms: int = Field(default=10_000, ge=6000)
     # Pause after an infrastructure error (Mongo, Kafka) before the same record is retried.
     infra_backoff_s: float = Field(default=1.0, ge=0)
