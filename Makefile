@@ -63,3 +63,7 @@ bench-gateway: ## gateway vs a bare ASGI echo under wrk (needs wrk, Kafka, Redis
 .PHONY: bench-tasks
 bench-tasks: ## tasks CRUD throughput, write-lock cost, outbox relay lag (needs Kafka, FerretDB) -> docs/bench-tasks.md
 	@$(PY) -m bench.bench_tasks
+
+.PHONY: bench-notifier
+bench-notifier: ## notifier mails/s, 1 vs 2 replicas (needs Kafka, FerretDB) -> docs/bench-notifier.md
+	@$(PY) -m bench.bench_notifier
