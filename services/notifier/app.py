@@ -5,10 +5,13 @@ import json
 import random
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import structlog
 from fastapi import FastAPI
+from pymongo.errors import PyMongoError
 
 from common.health import Check, health_routes
 from common.infra import open_broker, open_mongo, ping_kafka, ping_mongo
@@ -22,6 +25,9 @@ from services.notifier.mailer import Mailer
 from services.notifier.metrics import COLLECTOR, Metrics
 from services.notifier.settings import NotifierSettings
 from services.notifier.storage import Store
+
+log = structlog.get_logger(__name__)
+PRUNE_INTERVAL_S = 3600.0
 
 
 async def _ping_smtp(settings: NotifierSettings) -> None:
@@ -48,6 +54,18 @@ def _key_source(settings: NotifierSettings, session: aiohttp.ClientSession) -> K
             return body
 
     return JwksCache(fetch)
+
+
+async def _prune_forever(store: Store, settings: NotifierSettings) -> None:
+    """Hourly, drop ledger entries older than the retention (every replica may do it)."""
+    while True:
+        cutoff = datetime.now(UTC) - timedelta(seconds=settings.ledger_retention_s)
+        try:
+            removed = await store.prune(cutoff)
+            log.info("delivery ledger pruned", removed=removed)
+        except PyMongoError:
+            log.warning("delivery ledger pruning failed; trying again later", exc_info=True)
+        await asyncio.sleep(PRUNE_INTERVAL_S)
 
 
 def create_app(settings: NotifierSettings) -> FastAPI:
@@ -79,6 +97,8 @@ def create_app(settings: NotifierSettings) -> FastAPI:
             await stack.enter_async_context(
                 open_broker(settings, notifier_topics(settings), broker)
             )
+            pruning = asyncio.create_task(_prune_forever(store, settings))
+            stack.callback(pruning.cancel)
             checks["mongo"] = lambda: ping_mongo(mongo)
             checks["kafka"] = lambda: ping_kafka(broker)
             yield

@@ -55,6 +55,8 @@ class NotifierSettings(ServiceSettings):
     # Consumers per source topic in this process (each owns some partitions, handled in order).
     consumers_per_topic: int = Field(default=2, ge=1, le=16)
     consumer_session_timeout_ms: int = Field(default=10_000, ge=6000)
+    # How long finished deliveries are remembered; must exceed the source topics' retention.
+    ledger_retention_s: int = Field(default=14 * 86400, ge=60)
     # Pause after an infrastructure error (Mongo, Kafka) before the same record is retried.
     infra_backoff_s: float = Field(default=1.0, ge=0)
 

@@ -100,6 +100,13 @@ class Store:
             {"$set": {"state": state, "detail": detail, "updated_at": now, "finished_at": now}},
         )
 
+    async def prune(self, finished_before: datetime) -> int:
+        """Forget events finished before this time (no redelivery can be that old; no TTL index)."""
+        old = {"state": {"$in": list(_FINISHED)}, "finished_at": {"$lt": finished_before}}
+        result = await self._deliveries.delete_many(old)
+        await self._takeovers.delete_many({"at": {"$lt": finished_before}})
+        return result.deleted_count
+
     async def release(
         self,
         consumer: str,

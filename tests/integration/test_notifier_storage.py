@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pymongo import AsyncMongoClient
@@ -91,3 +92,17 @@ async def test_preferences_default_then_persist(stores: list[Store]) -> None:
     await asyncio.gather(*(s.save_preferences("u1", Preferences(reminders=False)) for s in stores))
 
     assert await stores[1].preferences("u1") == Preferences(reminders=False)
+
+
+async def test_pruning_forgets_only_old_finished_deliveries(stores: list[Store]) -> None:
+    store = stores[0]
+    for event in ("old-sent", "open"):
+        await store.claim("c", event, "a", 30)
+    await store.finish("c", "old-sent", "sent")
+
+    removed = await store.prune(datetime.now(UTC) + timedelta(seconds=1))
+
+    assert removed == 1
+    assert await store.delivery("c", "old-sent") is None
+    assert await store.delivery("c", "open") is not None
+    assert await store.prune(datetime.now(UTC) - timedelta(days=1)) == 0
