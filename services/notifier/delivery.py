@@ -17,6 +17,7 @@ it into a window of silent loss instead.
 
 import time
 import uuid
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import structlog
@@ -48,6 +49,7 @@ class Outcome(StrEnum):
     IGNORED = "ignored"
     OPTED_OUT = "opted_out"
     RATE_LIMITED = "rate_limited"
+    EXPIRED = "expired"
 
 
 class Deliverer:
@@ -69,6 +71,10 @@ class Deliverer:
         if mail is None:
             self._metrics.skipped.labels("not_notifying").inc()
             return Outcome.IGNORED
+        if mail.is_stale(datetime.now(UTC)):
+            # Retries outlived the link (e.g. SMTP was down past the token's expiry).
+            self._metrics.skipped.labels("expired").inc()
+            return Outcome.EXPIRED
         address = await self._address(mail)
         if address is None:
             self._metrics.skipped.labels("opted_out").inc()

@@ -55,6 +55,12 @@ class Mail:
     email: str | None
     name: str | None
     context: dict[str, Any] = field(default_factory=dict)
+    # Past this moment the mail is pointless (a reset link that no longer works).
+    useless_after: datetime | None = None
+
+    def is_stale(self, now: datetime) -> bool:
+        """True when sending now would only deliver something that cannot be used."""
+        return self.useless_after is not None and now >= self.useless_after
 
 
 def decode(raw: bytes | None) -> Envelope:
@@ -96,7 +102,13 @@ def plan(envelope: Envelope, reset_url_template: str) -> Mail | None:
             "expires_at": _format_time(payload.expires_at),
         }
         return Mail(
-            "password_reset", envelope.id, payload.user_id, payload.email, payload.name, context
+            "password_reset",
+            envelope.id,
+            payload.user_id,
+            payload.email,
+            payload.name,
+            context,
+            useless_after=payload.expires_at,
         )
     if isinstance(payload, TaskDueSoon):
         return _reminder(envelope, payload)

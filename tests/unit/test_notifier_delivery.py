@@ -2,6 +2,7 @@
 
 import random
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any, cast
 
@@ -10,7 +11,13 @@ from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 from pymongo.errors import ServerSelectionTimeoutError
 
-from common.events import TaskDueSoon, TaskSnapshot, UserRegistered, new_event
+from common.events import (
+    PasswordResetRequested,
+    TaskDueSoon,
+    TaskSnapshot,
+    UserRegistered,
+    new_event,
+)
 from services.notifier.delivery import Deliverer, Outcome
 from services.notifier.domain import PermanentError, Preferences, TransientError
 from services.notifier.events import Pipeline
@@ -272,3 +279,20 @@ async def test_an_infrastructure_error_escapes_so_the_record_is_read_again() -> 
     with pytest.raises(ServerSelectionTimeoutError):
         await pipe.handle(record(welcome().model_dump_json().encode()), attempt=1)
     assert broker.published == []
+
+
+async def test_a_reset_link_that_expired_while_retrying_is_not_sent() -> None:
+    deliverer, store, mailer = make()
+    payload = PasswordResetRequested(
+        user_id="u1",
+        email="u1@x.io",
+        name="Ada",
+        reset_token="t",
+        expires_at=datetime.now(UTC) - timedelta(seconds=1),
+    )
+
+    outcome = await deliverer.deliver(new_event(payload, source="auth", subject="u1"))
+
+    assert outcome == Outcome.EXPIRED
+    assert mailer.sent == []
+    assert store.calls == []
