@@ -1,48 +1,61 @@
-"""Prometheus metrics of one gateway process (own registry: apps in one process never clash)."""
+"""Gateway-specific Prometheus metrics, in the process-wide registry that `GET /metrics` serves.
 
-from typing import Any
+Requests by route and status come from common.metrics.MetricsMiddleware (taskbus_http_*): the
+pipeline puts its route template in `scope["route"]` for it. The names below are the ones the
+Grafana dashboard (deploy/observability) reads.
+"""
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+CACHE_RESULTS = Counter(
+    "taskbus_gateway_cache_total", "Response cache results (hit, miss, bypass).", ["result"]
+)
+LIMITER_DECISIONS = Counter(
+    "taskbus_gateway_ratelimit_decisions_total",
+    "Rate-limit decisions per policy (admitted, limited, fail_open, fail_closed).",
+    ["policy", "decision"],
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTemplate:
+    """What MetricsMiddleware reads from `scope["route"]` (Starlette's Route has `.path`)."""
+
+    path: str
+
+
+ROUTE_TEMPLATES = {
+    "auth": RouteTemplate("/api/auth/*"),
+    "tasks": RouteTemplate("/api/tasks*"),
+    "notifier": RouteTemplate("/api/notifications*"),
+}
+
 
 class Metrics:
-    """Requests by route and status, cache results, limiter decisions."""
+    """The hot path's counters, with label children resolved once."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "gateway_requests",
-            "Requests answered, by upstream route and status",
-            ["route", "status"],
-            registry=self.registry,
-        )
-        self.cache = Counter(
-            "gateway_cache", "Response cache results", ["result"], registry=self.registry
-        )
-        self.limiter = Counter(
-            "gateway_ratelimit",
-            "Rate-limit decisions (admitted, limited, fail_open, fail_closed)",
-            ["decision"],
-            registry=self.registry,
-        )
-
         # labels() takes a lock and builds a key per call; the hot path reuses the children.
-        self._children: dict[tuple[str, int], Any] = {}
+        self._cache = {r: CACHE_RESULTS.labels(r) for r in ("hit", "miss", "bypass")}
 
-    def request(self, route: str, status: int) -> None:
-        """Count one answered request."""
-        child = self._children.get((route, status))
-        if child is None:
-            child = self._children[route, status] = self.requests.labels(route, str(status))
-        child.inc()
+    def cache(self, result: str) -> None:
+        """Count one cache result."""
+        self._cache[result].inc()
+
+    def limiter(self, policies: list[str], decision: str) -> None:
+        """Count one decision under every policy that took part in it."""
+        for policy in policies or ["none"]:
+            LIMITER_DECISIONS.labels(policy, decision).inc()
 
     def route(self) -> Route:
-        """GET /metrics in the Prometheus text format."""
+        """GET /metrics (in production MetricsMiddleware answers it first, same registry)."""
 
         async def metrics(_: Request) -> Response:
-            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+            return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
         return Route("/metrics", metrics, methods=["GET"])

@@ -23,7 +23,7 @@ from gateway.cache import (
 )
 from gateway.gate import Gate, GateResult, Identity
 from gateway.headers import header
-from gateway.metrics import Metrics
+from gateway.metrics import ROUTE_TEMPLATES, Metrics
 from gateway.proxy import Upstreams, route_for
 from gateway.ratelimit import (
     TrustedProxies,
@@ -100,10 +100,10 @@ class Pipeline:
                 # may make a service resolve it to somewhere else.
                 reply = problem(400, "dot segments are not allowed in the path", scope["path"])
             else:
+                scope["route"] = ROUTE_TEMPLATES[route]  # the RED metrics' route label
                 reply = await self._handle(route, scope, receive, extra)
         except ClientGoneError:
             return
-        self._metrics.request(route or "none", reply.status)
         await send_reply(send, reply, extra, head=scope["method"] == "HEAD")
 
     async def _handle(
@@ -141,7 +141,7 @@ class Pipeline:
             )
         reply = await self._upstreams.forward(route, method, target, headers, body)
         extra.append((b"x-cache", b"BYPASS"))
-        self._metrics.cache.labels("bypass").inc()
+        self._metrics.cache("bypass")
         if claims and method not in _SAFE_METHODS and 200 <= reply.status < 300:
             await self._invalidate(claims.sub)
         return reply
@@ -163,11 +163,12 @@ class Pipeline:
         user = claims.sub if claims else None
         checks = checks_for(self._policies[limit_scope], ip=ip, user=user, account=account)
         identity = Identity(claims.sub, claims.sid, claims.iat) if claims else None
+        names = [check.policy.name for check in checks]
         try:
             gate = await self._gate.check(identity, checks)
         except RedisError as exc:
             mode = self._settings.redis_failure_mode
-            self._metrics.limiter.labels(f"fail_{mode}").inc()
+            self._metrics.limiter(names, f"fail_{mode}")
             self._log_outage(mode, exc)
             if mode == "closed":
                 return None, problem(503, "rate limiter unavailable", path, {"Retry-After": "1"})
@@ -178,10 +179,10 @@ class Pipeline:
             extra.append((b"ratelimit-policy", policy_header(s.policy for s in gate.states)))
             extra.append((b"ratelimit", ratelimit_header(gate.states)))
         if not gate.admitted:
-            self._metrics.limiter.labels("limited").inc()
+            self._metrics.limiter(names, "limited")
             wait = str(retry_after(gate.states))
             return gate, problem(429, "rate limit exceeded", path, {"Retry-After": wait})
-        self._metrics.limiter.labels("admitted").inc()
+        self._metrics.limiter(names, "admitted")
         return gate, None
 
     def _log_outage(self, mode: str, exc: RedisError) -> None:
@@ -228,7 +229,7 @@ class Pipeline:
             stored = storable(reply, self._vary, self._settings.cache_max_body_bytes)
             state = b"MISS" if stored else b"BYPASS"
         extra.append((b"x-cache", state))
-        self._metrics.cache.labels(state.decode().lower()).inc()
+        self._metrics.cache(state.decode().lower())
         if reply.status == 200 and etag_matches(
             header(scope, b"if-none-match"), reply.header(b"etag")
         ):

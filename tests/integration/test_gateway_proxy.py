@@ -10,6 +10,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+from common.metrics import MetricsMiddleware
 from gateway.app import create_app
 from gateway.headers import DEFAULT_CSP, HELMET_HEADERS
 from tests.support.gateway import gateway_settings
@@ -53,7 +54,7 @@ async def stack() -> AsyncIterator[Stack]:
     )
     try:
         async with (
-            serve_asgi(create_app(settings)) as url,
+            serve_asgi(MetricsMiddleware(create_app(settings), "gateway")) as url,
             httpx.AsyncClient(base_url=url, timeout=10) as client,
         ):
             yield Stack(url, key, auth, tasks, notifier, client)
@@ -245,8 +246,11 @@ async def test_docs_metrics_and_probes(stack: Stack) -> None:
     assert {a.split(".", 1)[1] for a in addresses} == {"taskbus.tasks", "taskbus.users"}
     ready = await stack.client.get("/readyz")
     assert ready.json()["checks"] == {"redis": "ok", "kafka": "ok"}
+    await stack.client.get("/api/tasks", headers=stack.bearer())
     metrics = await stack.client.get("/metrics")
-    assert 'gateway_requests_total{route="tasks",status="200"}' in metrics.text
+    # As in production, common.metrics counts requests, labelled by the gateway's route template.
+    wanted = 'taskbus_http_requests_total{method="GET",route="/api/tasks*",service="gateway"'
+    assert wanted + ',status="200"}' in metrics.text
 
 
 async def test_keys_come_from_the_jwks_url_and_its_outage_is_a_503() -> None:
@@ -310,6 +314,7 @@ async def test_metrics_count_cache_results_and_limiter_decisions(stack: Stack) -
     await stack.client.get(path, headers=auth)
     await stack.client.get(path, headers=auth)
     text = (await stack.client.get("/metrics")).text
-    assert 'gateway_cache_total{result="hit"}' in text
-    assert 'gateway_cache_total{result="miss"}' in text
-    assert 'gateway_ratelimit_total{decision="admitted"}' in text
+    assert 'taskbus_gateway_cache_total{result="hit"}' in text
+    assert 'taskbus_gateway_cache_total{result="miss"}' in text
+    decision = 'taskbus_gateway_ratelimit_decisions_total{decision="admitted",policy="api-user"}'
+    assert decision in text
