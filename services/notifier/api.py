@@ -16,6 +16,10 @@ _UNAUTHORIZED = ProblemError(
 )
 
 
+class KeysUnavailableError(Exception):
+    """The JWKS could not be fetched: no token can be judged, so the answer is 503, not 401."""
+
+
 def _verifier(request: Request) -> TokenVerifier:
     verifier: TokenVerifier = request.app.state.verifier
     return verifier
@@ -37,6 +41,10 @@ async def current_user(
         return await verifier.verify(token.strip())
     except TokenError:
         raise _UNAUTHORIZED from None
+    except KeysUnavailableError:
+        raise ProblemError(
+            503, "cannot verify access tokens right now", headers={"Retry-After": "5"}
+        ) from None
 
 
 Caller = Annotated[AccessClaims, Depends(current_user)]

@@ -18,7 +18,7 @@ from common.infra import open_broker, open_mongo, ping_kafka, ping_mongo
 from common.kafka import make_broker
 from common.problems import install_problem_handlers
 from common.tokens import JwksCache, KeySource, StaticKeys, TokenVerifier
-from services.notifier.api import BodyLimit, router
+from services.notifier.api import BodyLimit, KeysUnavailableError, router
 from services.notifier.delivery import Deliverer
 from services.notifier.events import Pipeline, notifier_topics, register
 from services.notifier.mailer import Mailer
@@ -48,10 +48,14 @@ def _key_source(settings: NotifierSettings, session: aiohttp.ClientSession) -> K
         return StaticKeys(json.loads(settings.jwks_json))
 
     async def fetch() -> Mapping[str, Any]:
-        async with session.get(settings.jwks_url, timeout=aiohttp.ClientTimeout(total=3)) as resp:
-            resp.raise_for_status()
-            body: Mapping[str, Any] = await resp.json()
-            return body
+        timeout = aiohttp.ClientTimeout(total=3)
+        try:
+            async with session.get(settings.jwks_url, timeout=timeout) as resp:
+                resp.raise_for_status()
+                body: Mapping[str, Any] = await resp.json()
+                return body
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise KeysUnavailableError(settings.jwks_url) from exc
 
     return JwksCache(fetch)
 

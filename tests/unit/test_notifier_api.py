@@ -8,10 +8,11 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from common.problems import install_problem_handlers
-from services.notifier.api import BodyLimit, router
+from common.tokens import JwksCache, TokenVerifier
+from services.notifier.api import BodyLimit, KeysUnavailableError, router
 from services.notifier.domain import Preferences
 from services.notifier.settings import NotifierSettings
-from tests.support.tokens import SigningKey
+from tests.support.tokens import AUDIENCE, ISSUER, SigningKey
 
 KEY = SigningKey.generate()
 OTHER_KEY = SigningKey.generate("other")
@@ -99,6 +100,23 @@ async def test_oversized_bodies_are_refused_before_parsing(client: httpx.AsyncCl
     )
     assert response.status_code == 413
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_an_unreachable_key_set_answers_503_not_401() -> None:
+    async def unreachable() -> dict[str, object]:
+        raise KeysUnavailableError("http://auth/jwks")
+
+    app = FastAPI()
+    install_problem_handlers(app)
+    app.include_router(router)
+    app.state.store = MemoryPreferences()
+    app.state.verifier = TokenVerifier(JwksCache(unreachable), issuer=ISSUER, audience=AUDIENCE)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://n") as http:
+        response = await http.get(URL, headers=auth("alice"))
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
 
 
 def test_settings_refuse_dev_defaults_in_production() -> None:
