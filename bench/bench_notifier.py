@@ -46,7 +46,7 @@ def start_sink(port: int, directory: Path) -> subprocess.Popen[bytes]:
 
 def owned(proc: ServiceProcess, group: str) -> float:
     text = httpx.get(f"{proc.url}/metrics", timeout=5).text
-    return metric_sum(text, "notifier_assigned_partitions", group=group)
+    return metric_sum(text, "taskbus_notifier_assigned_partitions", group=group)
 
 
 async def one_round(replicas: int) -> float:

@@ -96,6 +96,7 @@ class Pipeline:
             with structlog.contextvars.bound_contextvars(event_id=envelope.id, attempt=attempt):
                 outcome = await self.deliverer.deliver(envelope)
                 log.info("event handled", event_type=envelope.type, outcome=str(outcome))
+                self.metrics.emails.labels(str(outcome)).inc()
         except TransientError as exc:
             await self._retry(record, headers, attempt, str(exc))
         except (PermanentError, PoisonMessageError) as exc:
@@ -129,6 +130,7 @@ class Pipeline:
             record.value, topic=s.topic(retry_topic(tier)), key=record.key, headers=out
         )
         self.metrics.retried.labels(str(tier + 1)).inc()
+        self.metrics.emails.labels("retried").inc()
         log.warning("delivery failed, retrying later", error=err, tier=tier + 1, delay_s=delay)
 
     async def dead_letter(
@@ -155,6 +157,7 @@ class Pipeline:
             headers=out,
         )
         self.metrics.dead_lettered.labels(reason).inc()
+        self.metrics.emails.labels("dead_lettered").inc()
         log.error("record dead-lettered", reason=reason, error=err, attempts=attempt)
 
 

@@ -8,11 +8,17 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-SENT = Counter("notifier_emails_sent", "Mails accepted by the relay", ["kind"])
-RETRIED = Counter("notifier_retried", "Events re-published to a retry tier", ["tier"])
-DEAD_LETTERED = Counter("notifier_dead_lettered", "Events sent to the DLQ", ["reason"])
-DUPLICATES = Counter("notifier_duplicates_skipped", "Redelivered events already handled")
-SKIPPED = Counter("notifier_skipped", "Events that call for no mail", ["reason"])
+# Names follow the shared dashboard (deploy/observability/grafana/dashboards/taskbus.json).
+EMAILS = Counter(
+    "taskbus_notifier_emails",
+    "Handled events by outcome: sent, duplicate, retried, dead_lettered, or why none was sent",
+    ["outcome"],
+)
+SENT = Counter("taskbus_notifier_emails_sent", "Mails accepted by the relay", ["kind"])
+RETRIED = Counter("taskbus_notifier_retried", "Events re-published to a retry tier", ["tier"])
+DEAD_LETTERED = Counter("taskbus_notifier_dead_lettered", "Events sent to the DLQ", ["reason"])
+DUPLICATES = Counter("taskbus_notifier_duplicates_skipped", "Redelivered events already handled")
+SKIPPED = Counter("taskbus_notifier_skipped", "Events that call for no mail", ["reason"])
 
 ConsumerSource = Callable[[], list[tuple[str, AIOKafkaConsumer | None]]]
 
@@ -21,6 +27,7 @@ ConsumerSource = Callable[[], list[tuple[str, AIOKafkaConsumer | None]]]
 class Metrics:
     """The counters, plus what the lag collector needs: live consumers and handled offsets."""
 
+    emails: Counter = EMAILS
     sent: Counter = SENT
     retried: Counter = RETRIED
     dead_lettered: Counter = DEAD_LETTERED
@@ -44,10 +51,10 @@ class ConsumerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """One sample per owned partition whose high watermark is known."""
         assigned = GaugeMetricFamily(
-            "notifier_assigned_partitions", "Partitions this process owns", labels=["group"]
+            "taskbus_notifier_assigned_partitions", "Partitions this process owns", labels=["group"]
         )
         lag = GaugeMetricFamily(
-            "notifier_consumer_lag",
+            "taskbus_notifier_consumer_lag",
             "Records between the last handled one and the high watermark",
             labels=["group", "topic", "partition"],
         )

@@ -123,14 +123,16 @@ async def test_mail_sent_while_smtp_is_down_arrives_once_it_is_back(
         email = f"{prefix}@example.com"
         await publish(broker, settings, USERS_TOPIC, welcome(email))
 
-        await until(lambda: metric(notifier, "notifier_retried_total") >= 2, 30, "two retries")
+        await until(
+            lambda: metric(notifier, "taskbus_notifier_retried_total") >= 2, 30, "two retries"
+        )
         box = MailBox(sink.directory)
         assert box.to(email) == []
         sink.start()
 
         [mail] = await box.wait(email)
         assert mail["X-Taskbus-Kind"] == "welcome"
-        assert metric(notifier, "notifier_dead_lettered_total") == 0
+        assert metric(notifier, "taskbus_notifier_dead_lettered_total") == 0
     finally:
         notifier.stop()
         sink.stop()
@@ -150,7 +152,7 @@ async def test_killing_one_of_two_notifiers_mid_stream_loses_and_repeats_nothing
 
         def split() -> bool:
             owned = [
-                sum(metric(p, "notifier_assigned_partitions", group=g) for g in groups)
+                sum(metric(p, "taskbus_notifier_assigned_partitions", group=g) for g in groups)
                 for p in (first, second)
             ]
             return all(owned) and sum(owned) == 2 * settings.kafka_partitions
@@ -166,7 +168,9 @@ async def test_killing_one_of_two_notifiers_mid_stream_loses_and_repeats_nothing
         publishing = asyncio.create_task(stream())
 
         def both_sending() -> bool:
-            return all(metric(p, "notifier_emails_sent_total") >= 5 for p in (first, second))
+            return all(
+                metric(p, "taskbus_notifier_emails_sent_total") >= 5 for p in (first, second)
+            )
 
         await until(both_sending, 60, "both notifiers to send")
         assert not publishing.done()
@@ -174,7 +178,9 @@ async def test_killing_one_of_two_notifiers_mid_stream_loses_and_repeats_nothing
         await publishing
 
         await until(lambda: all(box.count(emails).values()), 90, "every mail")
-        taken_over = [metric(second, "notifier_assigned_partitions", group=g) for g in groups]
+        taken_over = [
+            metric(second, "taskbus_notifier_assigned_partitions", group=g) for g in groups
+        ]
         assert taken_over == [settings.kafka_partitions] * 2
         received: dict[str, list[EmailMessage]] = {e: box.to(e) for e in emails}
         # Exactly once per event as the user sees it: one Message-ID per recipient...

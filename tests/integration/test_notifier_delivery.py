@@ -266,7 +266,7 @@ async def test_reminder_goes_to_the_registered_address_unless_opted_out(
     await publish(producer, settings, TASKS_TOPIC, due_soon(user_id, "muted"))
     await publish(producer, settings, TASKS_TOPIC, due_soon(user_id, "already done", "done"))
     # Opt back in only once the muted reminder was handled (and skipped).
-    await wait_for_metric(client, 'notifier_skipped_total{reason="opted_out"}', 1)
+    await wait_for_metric(client, 'taskbus_notifier_skipped_total{reason="opted_out"}', 1)
     await client.put("/api/notifications/preferences", json={"reminders": True}, headers=auth)
     await publish(producer, settings, TASKS_TOPIC, due_soon(user_id, "after opt-in"))
 
