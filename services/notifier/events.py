@@ -206,7 +206,13 @@ class Subscribers:
 
 
 def _subscriber(
-    broker: KafkaBroker, settings: NotifierSettings, topics: list[str], group: str, workers: int = 1
+    broker: KafkaBroker,
+    settings: NotifierSettings,
+    topics: list[str],
+    group: str,
+    *,
+    description: str,
+    workers: int = 1,
 ) -> DefaultSubscriber:
     """Commit after handling; a new group starts at the beginning.
 
@@ -221,6 +227,8 @@ def _subscriber(
         session_timeout_ms=settings.consumer_session_timeout_ms,
         heartbeat_interval_ms=settings.consumer_session_timeout_ms // 3,
         max_workers=workers,
+        title=group,
+        description=description,
     )
 
 
@@ -234,7 +242,13 @@ def register(broker: KafkaBroker, settings: NotifierSettings, pipeline: Pipeline
     pauser = PartitionPauser()
     retry_group = group_id(settings, "retry")
     tiers = [settings.topic(retry_topic(t)) for t in range(settings.retry_tiers)]
-    retries = _subscriber(broker, settings, tiers, retry_group)
+    retries = _subscriber(
+        broker,
+        settings,
+        tiers,
+        retry_group,
+        description="Retry tiers: each record is attempted again once its x-not-before-ms is due.",
+    )
 
     @retries
     async def on_retry(message: KafkaMessage) -> None:
@@ -257,8 +271,13 @@ def register(broker: KafkaBroker, settings: NotifierSettings, pipeline: Pipeline
 def _source(
     broker: KafkaBroker, settings: NotifierSettings, pipeline: Pipeline, topic: str, group: str
 ) -> DefaultSubscriber:
+    description = (
+        "user.registered.v1 -> welcome, user.password_reset_requested.v1 -> reset link, "
+        "task.due_soon.v1 -> reminder; every other type is committed and passed over."
+    )
+    topics = [settings.topic(topic)]
     workers = settings.consumers_per_topic
-    source = _subscriber(broker, settings, [settings.topic(topic)], group, workers)
+    source = _subscriber(broker, settings, topics, group, description=description, workers=workers)
 
     @source
     async def on_source_event(message: KafkaMessage) -> None:
