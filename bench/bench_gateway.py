@@ -65,12 +65,11 @@ def main() -> None:
     """Start the echo and a gateway, run every scenario ROUNDS times interleaved, write docs."""
     key = SigningKey.generate()
     token, _ = key.mint(uuid.uuid4().hex, ttl_s=3600)
-    echo_port, gateway_port = free_port(), free_port()
+    echo_port, gateway_port, lean_port = free_port(), free_port(), free_port()
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
         **infra_env(prefix),
-        "GATEWAY_PORT": str(gateway_port),
         "GATEWAY_TASKS_URL": f"http://127.0.0.1:{echo_port}",
         "GATEWAY_JWKS_JSON": orjson.dumps(key.jwks()).decode(),
         "GATEWAY_RATE_LIMITS": orjson.dumps(POLICIES).decode(),
@@ -82,30 +81,40 @@ def main() -> None:
     }
     procs = [
         subprocess.Popen([sys.executable, "-m", "bench.echo_app", str(echo_port)], cwd=ROOT),
-        subprocess.Popen(
-            [sys.executable, "-m", "gateway"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        *(
+            subprocess.Popen(
+                [sys.executable, "-m", module],
+                cwd=ROOT,
+                env={**env, "GATEWAY_PORT": str(port)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for module, port in (("gateway", gateway_port), ("bench.gateway_lean", lean_port))
         ),
     ]
     echo = f"http://127.0.0.1:{echo_port}/api/tasks/t1"
-    gateway = f"http://127.0.0.1:{gateway_port}"
+    gateway = f"http://127.0.0.1:{gateway_port}/api/tasks/t1"
+    lean = f"http://127.0.0.1:{lean_port}/api/tasks/t1"
     auth = {"Authorization": f"Bearer {token}"}
+    no_cache = {**auth, "Cache-Control": "no-cache"}
     scenarios = {
         "bare ASGI echo (direct)": (echo, {}),
-        "gateway, cache HIT (JWT cached, 1 Redis script, L1)": (f"{gateway}/api/tasks/t1", auth),
-        "gateway, proxied (no-cache: JWT, 1 Redis script, upstream hop)": (
-            f"{gateway}/api/tasks/t1",
-            {**auth, "Cache-Control": "no-cache"},
+        "gateway as shipped, cache HIT (JWT cached, 1 Redis script, L1)": (gateway, auth),
+        "gateway as shipped, proxied (no-cache: JWT, Redis script, upstream hop)": (
+            gateway,
+            no_cache,
         ),
-        "gateway, 401 at the edge (no token)": (f"{gateway}/api/tasks/t1", {}),
+        "gateway as shipped, 401 at the edge (no token)": (gateway, {}),
+        "gateway without OTel instrumentation, cache HIT": (lean, auth),
+        "gateway without OTel instrumentation, proxied": (lean, no_cache),
+        "gateway without OTel instrumentation, 401": (lean, {}),
     }
     try:
         wait_ok(echo)
-        wait_ok(f"{gateway}/readyz")
-        httpx.get(f"{gateway}/api/tasks/t1", headers=auth)  # fill the cache
+        for port in (gateway_port, lean_port):
+            wait_ok(f"http://127.0.0.1:{port}/readyz")
+        httpx.get(gateway, headers=auth)  # fill the cache (L2 shared, each process fills its L1)
+        httpx.get(lean, headers=auth)
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in scenarios}
         for _ in range(ROUNDS):
             for name, (url, headers) in scenarios.items():
@@ -145,7 +154,10 @@ Command: `uv run --frozen --no-sync python -m bench.bench_gateway`.
 Every gateway row runs the full edge: helmet and CORS headers, request id, body read, JWT
 (verified once, then from the token cache) and the one Redis script per request (two sliding
 windows, revocation check, cache generation). A HIT is then answered from the in-process L1;
-the proxied row adds the pooled aiohttp hop to the echo.
+the proxied row adds the pooled aiohttp hop to the echo. "As shipped" is `python -m gateway`
+(common.runner: OpenTelemetry ASGI middleware with receive/send spans, Redis and aiohttp
+client spans, RED metrics); "without OTel instrumentation" is `bench/gateway_lean.py`, the same
+app with the RED metrics only: the difference is what per-request tracing costs here.
 """,
         encoding="utf-8",
     )
