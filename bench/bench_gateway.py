@@ -157,7 +157,8 @@ windows, revocation check, cache generation). A HIT is then answered from the in
 the proxied row adds the pooled aiohttp hop to the echo. "As shipped" is `python -m gateway`
 (common.runner: OpenTelemetry ASGI middleware with receive/send spans, Redis and aiohttp
 client spans, RED metrics); "without OTel instrumentation" is `bench/gateway_lean.py`, the same
-app with the RED metrics only: the difference is what per-request tracing costs here.
+app with the RED metrics only: the difference is what per-request tracing costs here, with
+TASKBUS_TRACE_SAMPLE_RATIO=0 (sampling every request costs more still).
 """,
         encoding="utf-8",
     )
