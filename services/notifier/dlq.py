@@ -165,7 +165,8 @@ async def replay(settings: NotifierSettings, event_ids: Sequence[str], out: Text
                 key=letter.key,
                 headers=_replay_headers(letter),
             )
-            out.write(json.dumps({"replayed": letter.event_id, "offset": letter.offset}) + "\n")
+            replayed = {"event_id": letter.event_id, "partition": letter.partition}
+            out.write(json.dumps({**replayed, "offset": letter.offset}) + "\n")
         if not event_ids:
             await dlq.mark(chosen)
     finally:
