@@ -92,7 +92,11 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
                 audience=settings.jwt_audience,
             )
             cache = ResponseCache(
-                redis, settings.redis_prefix, settings.cache_ttl_s, settings.cache_l1_entries
+                redis,
+                settings.redis_prefix,
+                settings.cache_ttl_s,
+                settings.cache_l1_entries,
+                settings.cache_l1_bytes,
             )
             upstreams = Upstreams(session, settings.upstream_options(), settings.connect_timeout_s)
             parts.pipeline = Pipeline(

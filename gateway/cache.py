@@ -91,11 +91,15 @@ def decode(raw: bytes) -> Reply:
 class ResponseCache:
     """L1 (bounded LRU in this process) over L2 (Redis, shared by every gateway process)."""
 
-    def __init__(self, redis: "Redis", prefix: str, ttl_s: int, l1_entries: int) -> None:
+    def __init__(
+        self, redis: "Redis", prefix: str, ttl_s: int, l1_entries: int, l1_bytes: int
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._ttl = ttl_s
         self._l1_max = l1_entries
+        self._l1_max_bytes = l1_bytes
+        self._l1_size = 0
         self._l1: OrderedDict[str, tuple[float, Reply]] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[Reply]] = {}
 
@@ -106,7 +110,7 @@ class ResponseCache:
             if entry[0] > time.monotonic():
                 self._l1.move_to_end(key)
                 return entry[1]
-            del self._l1[key]
+            self._forget(key)
         try:
             raw = await self._redis.get(self._prefix + key)
         except RedisError:
@@ -148,10 +152,17 @@ class ResponseCache:
             del self._inflight[key]
 
     def _remember(self, key: str, reply: Reply, ttl_s: int) -> None:
+        self._forget(key)
         self._l1[key] = (time.monotonic() + ttl_s, reply)
-        self._l1.move_to_end(key)
-        while len(self._l1) > self._l1_max:
-            self._l1.popitem(last=False)
+        self._l1_size += len(reply.body)
+        while len(self._l1) > self._l1_max or self._l1_size > self._l1_max_bytes:
+            _, (_, evicted) = self._l1.popitem(last=False)
+            self._l1_size -= len(evicted.body)
+
+    def _forget(self, key: str) -> None:
+        entry = self._l1.pop(key, None)
+        if entry is not None:
+            self._l1_size -= len(entry[1].body)
 
 
 async def bump_generation(redis: "Redis", prefix: str, user: str) -> None:

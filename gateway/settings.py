@@ -81,6 +81,7 @@ class GatewaySettings(ServiceSettings):
     cache_ttl_s: int = 30
     cache_max_body_bytes: int = 262_144
     cache_l1_entries: int = 5_000
+    cache_l1_bytes: int = 64 * 1024 * 1024
     cache_vary: tuple[str, ...] = ("accept", "accept-language")
     docs_cache_s: float = 30.0
 

@@ -6,7 +6,15 @@ import pytest
 
 from common.tokens import AccessClaims, TokenError, TokenVerifier
 from gateway.auth import EdgeVerifier, PublicRoutes
-from gateway.cache import cache_key, decode, encode, etag_matches, storable, with_validator
+from gateway.cache import (
+    ResponseCache,
+    cache_key,
+    decode,
+    encode,
+    etag_matches,
+    storable,
+    with_validator,
+)
 from gateway.docs import merge
 from gateway.pipeline import child_traceparent, upstream_headers
 from gateway.proxy import route_for
@@ -201,3 +209,24 @@ def test_openapi_merge_keeps_every_service_and_names_the_missing() -> None:
 def test_policies_validate() -> None:
     with pytest.raises(ValueError, match="greater than 0"):
         LimitPolicy(name="x", limit=0, window_s=1, scope="api", key="ip")
+
+
+class NoRedis:
+    """L2 that never answers: these tests are about L1 alone."""
+
+    async def get(self, key: str) -> None:
+        return None
+
+    async def set(self, key: str, value: bytes, ex: int) -> None:
+        return None
+
+
+async def test_l1_is_bounded_by_entries_and_by_bytes() -> None:
+    cache = ResponseCache(NoRedis(), "p:", ttl_s=60, l1_entries=3, l1_bytes=25)  # type: ignore[arg-type]
+    for i in range(4):
+        await cache.put(f"k{i}", Reply(200, [], b"x" * 5))
+    assert await cache.get("k0") is None  # fourth entry evicted the oldest
+    assert await cache.get("k3") is not None
+    await cache.put("big", Reply(200, [], b"y" * 20))
+    kept = [k for k in ("k1", "k2", "k3", "big") if await cache.get(k) is not None]
+    assert kept == ["k3", "big"]  # 5 + 20 bytes fit, nothing more
