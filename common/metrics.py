@@ -1,8 +1,16 @@
 """Prometheus metrics: RED per route for every HTTP service, and `GET /metrics` in front of it."""
 
 import time
+from collections.abc import Awaitable, Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,6 +24,11 @@ HTTP_DURATION = Histogram(
     "Time from request start to the last body byte, by route template.",
     ["service", "method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+OUTBOX_BACKLOG = Gauge(
+    "taskbus_outbox_backlog",
+    "Events written to an outbox but not yet published to Kafka.",
+    ["service"],
 )
 # Probes and scrapes would drown the signal; they are served but not counted.
 _UNCOUNTED = frozenset({"/livez", "/readyz", "/metrics"})
@@ -60,3 +73,26 @@ class MetricsMiddleware:
 async def _metrics_response(scope: Scope, receive: Receive, send: Send) -> None:
     response = Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
     await response(scope, receive, send)
+
+
+class BacklogGauge:
+    """Keeps `taskbus_outbox_backlog` current from a relay loop without counting every round.
+
+    Counting scans the outbox flag (a full scan on FerretDB), so it runs at most every `every_s`.
+    """
+
+    def __init__(
+        self, service: str, count: Callable[[], Awaitable[int]], every_s: float = 10.0
+    ) -> None:
+        self._gauge = OUTBOX_BACKLOG.labels(service)
+        self._count = count
+        self._every_s = every_s
+        self._next = 0.0
+
+    async def refresh(self) -> None:
+        """Recount if the last count is older than the interval."""
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self._every_s
+        self._gauge.set(await self._count())

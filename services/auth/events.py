@@ -17,6 +17,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from common.events import Envelope
 from common.kafka import publish
+from common.metrics import BacklogGauge
 from common.settings import ServiceSettings
 from services.auth.storage import AuthStore, Doc
 
@@ -35,6 +36,7 @@ class OutboxRelay:
         self._settings = settings
         self._poll_s = poll_s
         self._wake = asyncio.Event()
+        self._backlog = BacklogGauge("auth", store.pending_events)
 
     def kick(self) -> None:
         """Ask for a pass now (a request just queued an event)."""
@@ -56,6 +58,7 @@ class OutboxRelay:
     async def drain(self) -> int:
         """Publish every pending event; returns how many were published."""
         published = 0
+        await self._backlog.refresh()
         for collection in (self._store.users, self._store.sessions):
             while doc := await self._store.claim_outbox(collection, datetime.now(UTC)):
                 published += await self._publish(collection, doc)

@@ -13,6 +13,7 @@ from prometheus_client import Counter
 
 from common.events import TASKS_TOPIC, Envelope, Payload, TaskDueSoon, new_event
 from common.kafka import publish
+from common.metrics import BacklogGauge
 from common.telemetry import current_traceparent
 from services.tasks.domain import Task, now_ms, reminder_deadline
 from services.tasks.settings import TasksSettings
@@ -44,6 +45,7 @@ class OutboxRelay:
         self._settings = settings
         self._wake = asyncio.Event()
         self._parallel = asyncio.Semaphore(16)
+        self._backlog = BacklogGauge("tasks", store.pending_events)
 
     def wake(self) -> None:
         """Something was written: relay now instead of at the next interval."""
@@ -64,6 +66,7 @@ class OutboxRelay:
 
     async def drain(self) -> bool:
         """One round over pending tasks; True when a full batch moved (more may wait)."""
+        await self._backlog.refresh()
         ids = await self._store.pending_ids(self._settings.relay_batch)
         moved = await asyncio.gather(*(self._relay_task(task_id) for task_id in ids))
         return len(ids) == self._settings.relay_batch and sum(moved) > 0

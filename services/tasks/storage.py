@@ -266,6 +266,13 @@ class TaskStore:
         found = self.tasks.find({"pending": True}, {"_id": 1}).hint("outbox_pending").limit(limit)
         return [doc["_id"] async for doc in found]
 
+    async def pending_events(self) -> int:
+        """How many events wait in every task's outbox (the backlog gauge)."""
+        total = 0
+        async for doc in self.tasks.find({"pending": True}, {"outbox": 1}).hint("outbox_pending"):
+            total += len(doc.get("outbox", []))
+        return total
+
     async def outbox(self, task_id: str) -> list[Doc]:
         """The task's unpublished events, oldest first."""
         doc = await self.tasks.find_one({"_id": task_id}, {"outbox": 1})
