@@ -10,6 +10,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway.settings import GatewaySettings
+from services.auth.keys import generate_key
+from services.auth.settings import AuthSettings
+from services.notifier.settings import NotifierSettings
+from services.tasks.settings import TasksSettings
+from tests.support.auth import signing_keys_env
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_SCHEMA = (
     ROOT / "var" / "schemas" / "compose-spec.json"
@@ -66,3 +73,49 @@ def test_kubernetes_deployments_probe_and_run_existing_modules() -> None:
         assert container["command"] == ["python", "-m", SERVICES[deployment["metadata"]["name"]]]
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+
+
+def _k8s_env(*, with_secrets: bool) -> dict[str, str]:
+    docs = dict(
+        _k8s_documents()
+        + [
+            ("secret", d)
+            for d in yaml.safe_load_all(
+                (ROOT / "deploy" / "k8s" / "secret.example.yaml").read_text()
+            )
+        ]
+    )
+    env = {k: str(v) for k, v in docs["config.yaml"]["data"].items()}
+    if with_secrets:
+        # The example's placeholders, filled the way an operator would.
+        filled = {
+            "AUTH_SIGNING_KEYS": signing_keys_env(generate_key("k8s")),
+            "TASKS_CURSOR_SECRET": "c" * 40,
+        }
+        env |= {k: filled.get(k, "secret-value") for k in docs["secret"]["stringData"]}
+    return env
+
+
+def _load_all_settings() -> None:
+    AuthSettings()
+    TasksSettings()
+    NotifierSettings()
+    GatewaySettings()
+
+
+def test_kubernetes_production_config_satisfies_every_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in _k8s_env(with_secrets=True).items():
+        monkeypatch.setenv(key, value)
+    _load_all_settings()
+    assert TasksSettings().is_production
+
+
+def test_kubernetes_config_without_secrets_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in _k8s_env(with_secrets=False).items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match="AUTH_SIGNING_KEYS"):
+        AuthSettings()
+    with pytest.raises(ValueError, match="TASKS_CURSOR_SECRET"):
+        TasksSettings()
