@@ -6,11 +6,14 @@ from pathlib import Path
 
 import aiosmtplib
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from services.notifier.domain import Mail, PermanentError, TransientError, message_id, subject
 from services.notifier.settings import NotifierSettings
 
 TEMPLATES = Path(__file__).parent / "templates"
+_tracer = trace.get_tracer(__name__)
 
 
 def template_env() -> Environment:
@@ -51,17 +54,26 @@ class Mailer:
     async def send(self, message: EmailMessage) -> None:
         """Send; TransientError when trying again later may help, PermanentError when it cannot."""
         s = self._settings
+        attributes: dict[str, str | int] = {
+            "server.address": s.smtp_host,
+            "server.port": s.smtp_port,
+            "email.message_id": str(message["Message-ID"]),
+        }
         try:
-            await aiosmtplib.send(
-                message,
-                hostname=s.smtp_host,
-                port=s.smtp_port,
-                username=s.smtp_username,
-                password=s.smtp_password.get_secret_value() if s.smtp_password else None,
-                use_tls=s.smtp_security == "tls",
-                start_tls=s.smtp_security == "starttls",
-                timeout=s.smtp_timeout_s,
-            )
+            # The last hop of a request's trace: the relay accepting the mail.
+            with _tracer.start_as_current_span(
+                "smtp send", kind=SpanKind.CLIENT, attributes=attributes
+            ):
+                await aiosmtplib.send(
+                    message,
+                    hostname=s.smtp_host,
+                    port=s.smtp_port,
+                    username=s.smtp_username,
+                    password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+                    use_tls=s.smtp_security == "tls",
+                    start_tls=s.smtp_security == "starttls",
+                    timeout=s.smtp_timeout_s,
+                )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [refused.code for refused in exc.recipients]
             if codes and all(code >= 500 for code in codes):
