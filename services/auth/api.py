@@ -4,6 +4,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import orjson
+import structlog
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
@@ -57,6 +58,8 @@ from services.auth.sessions import (
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
+log = structlog.get_logger(__name__)
+
 
 @router.post("/register", status_code=201)
 async def register(body: RegisterIn, response: Response, deps: DepsDep) -> AuthOut:
@@ -94,6 +97,9 @@ async def login(body: LoginIn, response: Response, deps: DepsDep) -> AuthOut:
     except ThrottledError as exc:
         raise _throttled(exc.retry_after_s) from None
     except AuthFailedError:
+        # The audit trail of failed logins: which account (hashed: no address in logs), never
+        # the password.
+        log.warning("login failed", account=hash_secret(email)[:16])
         raise unauthorized() from None
     pair = await open_session(deps, user, utcnow())
     set_cookie(response, pair, deps.settings)

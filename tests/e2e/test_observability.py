@@ -1,0 +1,220 @@
+"""One trace from the HTTP request to the sent email; metrics that parse and move; clean logs."""
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.auth.keys import generate_key
+from tests.support.auth import PASSWORD, signing_keys_env, unique_email
+from tests.support.infra import STATE_DIR, free_port, infra_env
+from tests.support.mail import wait_for_mail
+from tests.support.processes import ServiceProcess
+
+pytestmark = pytest.mark.e2e
+
+MODULES = {
+    "auth": "services.auth",
+    "tasks": "services.tasks",
+    "notifier": "services.notifier",
+    "gateway": "gateway",
+}
+
+
+@dataclass
+class System:
+    client: httpx.AsyncClient
+    procs: dict[str, ServiceProcess]
+    trace_dir: Path
+
+
+@pytest.fixture(scope="module")
+async def system() -> AsyncIterator[System]:
+    prefix = f"obs{uuid.uuid4().hex[:10]}"
+    ports = {name: free_port() for name in MODULES}
+    url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    env = {
+        **infra_env(prefix),
+        "TASKBUS_KAFKA_PARTITIONS": "2",
+        "TASKBUS_JWKS_URL": f"{url['auth']}/.well-known/jwks.json",
+        "AUTH_SIGNING_KEYS": signing_keys_env(generate_key("obs-e2e")),
+        "AUTH_RELAY_POLL_S": "0.2",
+        "TASKS_RELAY_INTERVAL_S": "0.2",
+        "GATEWAY_AUTH_URL": url["auth"],
+        "GATEWAY_TASKS_URL": url["tasks"],
+        "GATEWAY_NOTIFIER_URL": url["notifier"],
+        **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
+    }
+    logs = STATE_DIR / "log" / "tests"
+    procs = {
+        name: ServiceProcess(module, ports[name], env, logs / f"{prefix}-{name}.log").start()
+        for name, module in MODULES.items()
+    }
+    try:
+        for proc in procs.values():
+            await asyncio.to_thread(proc.wait_ready, 90)
+        async with httpx.AsyncClient(base_url=url["gateway"], timeout=30) as client:
+            yield System(client, procs, Path(env["TASKBUS_TRACE_DIR"]))
+    finally:
+        for proc in procs.values():
+            await asyncio.to_thread(proc.stop)
+
+
+def _spans(trace_dir: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for path in trace_dir.glob("*.jsonl")
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
+
+
+async def _trace_with(trace_dir: Path, trace_id: str, needed: set[str]) -> list[dict[str, Any]]:
+    """Poll the span files until the trace holds spans of every `needed` service."""
+    async with asyncio.timeout(30):
+        while True:
+            spans = [s for s in _spans(trace_dir) if s["trace_id"] == trace_id]
+            if needed <= {s["service"] for s in spans}:
+                return spans
+            await asyncio.sleep(0.25)
+
+
+def _server_trace_id(trace_dir: Path, service: str, route_part: str) -> str | None:
+    for span in _spans(trace_dir):
+        if span["service"] == service and span["kind"] == "SERVER" and route_part in span["name"]:
+            return str(span["trace_id"])
+    return None
+
+
+async def _metrics(proc: ServiceProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{proc.url}/metrics")).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _total(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return sum(
+        value
+        for (sample, sample_labels), value in samples.items()
+        if sample == name and labels.items() <= dict(sample_labels).items()
+    )
+
+
+async def test_one_trace_spans_gateway_auth_kafka_notifier_and_smtp(system: System) -> None:
+    email = unique_email()
+    registered = await system.client.post(
+        "/api/auth/register", json={"email": email, "password": PASSWORD, "name": "Tracy"}
+    )
+    assert registered.status_code == 201, registered.text
+    await wait_for_mail(email)
+
+    async with asyncio.timeout(30):
+        # The spans are written by other processes: poll their files.
+        while (trace_id := _server_trace_id(system.trace_dir, "gateway", "register")) is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.25)
+    spans = await _trace_with(system.trace_dir, trace_id, {"gateway", "auth", "notifier"})
+
+    names = {(s["service"], s["name"]) for s in spans}
+    assert ("notifier", "smtp send") in names  # the mail's hand-off is in the request's trace
+    assert any(s["service"] == "auth" and s["kind"] == "SERVER" for s in spans)
+    assert any(s["service"] == "auth" and s["kind"] == "PRODUCER" for s in spans)  # Kafka publish
+    assert any(s["service"] == "notifier" and s["kind"] == "CONSUMER" for s in spans)
+    by_id = {s["span_id"]: s for s in spans}
+    # Every span but the gateway's root hangs off another span of the same trace.
+    roots = [s for s in spans if s["parent_id"] not in by_id]
+    assert [(r["service"], r["kind"]) for r in roots] == [("gateway", "SERVER")]
+
+
+async def test_task_creation_is_traced_through_the_outbox_relay(system: System) -> None:
+    registered = await system.client.post(
+        "/api/auth/register", json={"email": unique_email(), "password": PASSWORD, "name": "T"}
+    )
+    token = registered.json()["access_token"]
+    created = await system.client.post(
+        "/api/tasks", json={"title": "traced"}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert created.status_code == 201, created.text
+    trace_id = (
+        format(int(created.headers["traceparent"].split("-")[1], 16), "032x")
+        if ("traceparent" in created.headers)
+        else None
+    )
+    async with asyncio.timeout(30):
+        while trace_id is None or not [
+            s
+            for s in _spans(system.trace_dir)
+            if s["trace_id"] == trace_id and s["service"] == "tasks" and s["kind"] == "PRODUCER"
+        ]:
+            trace_id = trace_id or _server_trace_id(system.trace_dir, "tasks", "/api/tasks")
+            await asyncio.sleep(0.25)
+    spans = await _trace_with(system.trace_dir, trace_id, {"gateway", "tasks"})
+    assert {s["service"] for s in spans} >= {"gateway", "tasks"}
+
+
+async def test_metrics_parse_and_the_named_series_move(system: System) -> None:
+    before = {name: await _metrics(proc) for name, proc in system.procs.items()}
+    email = unique_email()
+    registered = await system.client.post(
+        "/api/auth/register", json={"email": email, "password": PASSWORD, "name": "Metric"}
+    )
+    me = {"Authorization": f"Bearer {registered.json()['access_token']}"}
+    created = await system.client.post("/api/tasks", json={"title": "m"}, headers=me)
+    path = f"/api/tasks/{created.json()['id']}"
+    await system.client.get(path, headers=me)
+    await system.client.get(path, headers=me)
+    await wait_for_mail(email)
+    after = {name: await _metrics(proc) for name, proc in system.procs.items()}
+
+    def moved(process: str, name: str, **labels: str) -> bool:
+        return _total(after[process], name, **labels) > _total(before[process], name, **labels)
+
+    for service in ("gateway", "auth", "tasks"):
+        assert moved(service, "taskbus_http_requests_total", service=service), service
+    assert moved("gateway", "taskbus_gateway_cache_total")
+    assert moved("gateway", "taskbus_gateway_ratelimit_decisions_total")
+    assert moved("auth", "taskbus_published_messages_total")
+    assert moved("tasks", "taskbus_tasks_outbox_published_total")
+    async with asyncio.timeout(30):  # the mail is in the sink before the notifier counts it
+        while not moved("notifier", "taskbus_notifier_emails_total", outcome="sent"):
+            await asyncio.sleep(0.25)
+            after["notifier"] = await _metrics(system.procs["notifier"])
+    assert ("taskbus_outbox_backlog", (("service", "tasks"),)) in after["tasks"]
+
+
+async def test_failed_login_logs_neither_password_nor_token(system: System) -> None:
+    email = unique_email()
+    registered = await system.client.post(
+        "/api/auth/register", json={"email": email, "password": PASSWORD, "name": "Logan"}
+    )
+    tokens = registered.json()
+    wrong = f"wrong-{uuid.uuid4().hex}"
+    failed = await system.client.post("/api/auth/login", json={"email": email, "password": wrong})
+    assert failed.status_code == 401
+    # A request with a (valid) bearer token, so a careless log line would have it to leak.
+    await system.client.get(
+        "/api/auth/me", headers={"Authorization": f"Bearer {tokens['access_token']}"}
+    )
+    logs = "\n".join(proc.log_path.read_text(errors="replace") for proc in system.procs.values())
+    failures = [
+        json.loads(line)
+        for line in system.procs["auth"].log_path.read_text().splitlines()
+        if '"login failed"' in line
+    ]
+    assert failures, "the failed login left no audit line"
+    assert failures[-1]["level"] == "warning"
+    assert "trace_id" in failures[-1]  # correlatable with the request's trace
+    for secret in (wrong, PASSWORD, tokens["access_token"], tokens["refresh_token"]):
+        assert secret not in logs
