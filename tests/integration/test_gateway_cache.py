@@ -41,7 +41,8 @@ class Stack:
 async def stack() -> AsyncIterator[Stack]:
     key = SigningKey.generate()
     tasks = await EchoUpstream("tasks").start()
-    settings = gateway_settings(f"gwc{uuid.uuid4().hex[:10]}", key, tasks.url)
+    # A TTL far beyond every poll below: a MISS there can only come from an invalidation.
+    settings = gateway_settings(f"gwc{uuid.uuid4().hex[:10]}", key, tasks.url, cache_ttl_s=600)
     broker = make_broker(settings)
     try:
         async with (
@@ -211,3 +212,22 @@ async def test_a_new_gateway_process_knows_earlier_revocations(stack: Stack) -> 
         httpx.AsyncClient(base_url=url, timeout=10) as client,
     ):
         assert (await client.get("/api/tasks", headers=headers)).status_code == 401
+
+
+async def test_a_malformed_event_does_not_block_the_ones_behind_it(stack: Stack) -> None:
+    owner = user()
+    me = stack.auth(owner)
+    path = f"/api/tasks/{uuid.uuid4().hex}"
+    await stack.client.get(path, headers=me)
+    topic = stack.settings.topic(TASKS_TOPIC)
+    # Same key, so same partition, ahead of the good event.
+    await stack.broker.publish(b"not json", topic=topic, key=owner.encode())
+    await stack.broker.publish({"type": "x"}, topic=topic, key=owner.encode())
+    task = TaskSnapshot(id="t2", owner=owner, title="x", status="todo", priority="low", version=1)
+    event = envelope(TaskUpdated(task=task, changed=("title",)), source="tasks", subject=owner)
+    await publish(stack.broker, stack.settings, TASKS_TOPIC, event)
+
+    async def missed() -> bool:
+        return (await stack.client.get(path, headers=me)).headers["x-cache"] == "MISS"
+
+    await poll(missed)
