@@ -8,12 +8,17 @@ message and parse it themselves: a malformed one is logged and skipped, never re
 forever in front of the good ones.
 """
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import structlog
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from common.events import (
     TASKS_TOPIC,
@@ -31,6 +36,7 @@ from gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
 
+REDELIVERY_PAUSE_S = 1.0
 INVALIDATING = frozenset(
     cls.event_type for cls in (TaskCreated, TaskUpdated, TaskCompleted, TaskDeleted)
 )
@@ -43,6 +49,17 @@ def parse(body: bytes) -> Envelope | None:
     except ValidationError as exc:
         log.warning("skipping malformed event", error=str(exc)[:300])
         return None
+
+
+@asynccontextmanager
+async def redis_retry_pause() -> AsyncIterator[None]:
+    """On a Redis error, wait before the message is redelivered: no hot loop during an outage."""
+    try:
+        yield
+    except RedisError:
+        log.warning("redis unavailable, event will be redelivered")
+        await asyncio.sleep(REDELIVERY_PAUSE_S)
+        raise
 
 
 def subscribe(broker: KafkaBroker, settings: GatewaySettings, redis: "Redis") -> None:
@@ -62,7 +79,8 @@ def subscribe(broker: KafkaBroker, settings: GatewaySettings, redis: "Redis") ->
     async def on_task_event(message: KafkaMessage) -> None:
         event = parse(message.body)
         if event is not None and event.type in INVALIDATING:
-            await bump_generation(redis, prefix, event.subject)
+            async with redis_retry_pause():
+                await bump_generation(redis, prefix, event.subject)
 
     @broker.subscriber(
         settings.topic(USERS_TOPIC),
@@ -81,4 +99,5 @@ def subscribe(broker: KafkaBroker, settings: GatewaySettings, redis: "Redis") ->
         except ValidationError as exc:
             log.warning("skipping malformed revocation", error=str(exc)[:300])
             return
-        await record_revocation(redis, prefix, revoked, settings.max_token_lifetime_s)
+        async with redis_retry_pause():
+            await record_revocation(redis, prefix, revoked, settings.max_token_lifetime_s)
