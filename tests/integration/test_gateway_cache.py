@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+import structlog
+import structlog.testing
 from faststream.kafka import KafkaBroker
 
 from common.events import TASKS_TOPIC, USERS_TOPIC, SessionsRevoked, TaskSnapshot, TaskUpdated
@@ -18,6 +20,7 @@ from common.kafka import make_broker, publish
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from tests.support.gateway import gateway_settings
+from tests.support.redis_server import RedisServer
 from tests.support.servers import EchoUpstream, serve_asgi
 from tests.support.tokens import SigningKey
 
@@ -231,3 +234,48 @@ async def test_a_malformed_event_does_not_block_the_ones_behind_it(stack: Stack)
         return (await stack.client.get(path, headers=me)).headers["x-cache"] == "MISS"
 
     await poll(missed)
+
+
+async def test_an_event_redis_could_not_take_is_applied_once_redis_is_back() -> None:
+    key = SigningKey.generate()
+    tasks = await EchoUpstream("tasks").start()
+    server = RedisServer().start()
+    settings = gateway_settings(
+        f"gwe{uuid.uuid4().hex[:10]}", key, tasks.url, redis_url=server.url, cache_ttl_s=600
+    )
+    broker = make_broker(settings)
+    owner = user()
+    token, _ = key.mint(owner)
+    me = {"Authorization": f"Bearer {token}"}
+    try:
+        async with (
+            serve_asgi(create_app(settings)) as url,
+            httpx.AsyncClient(base_url=url, timeout=10) as client,
+        ):
+            await broker.start()
+            await client.get("/api/tasks/x", headers=me)
+            assert (await client.get("/api/tasks/x", headers=me)).headers["x-cache"] == "HIT"
+            server.kill()
+            task = TaskSnapshot(
+                id="t", owner=owner, title="x", status="todo", priority="low", version=1
+            )
+            event = envelope(TaskUpdated(task=task, changed=("title",)), source="t", subject=owner)
+            with structlog.testing.capture_logs() as logs:
+                await publish(broker, settings, TASKS_TOPIC, event)
+
+                async def refused_by_redis() -> bool:
+                    return any("redelivered" in entry["event"] for entry in logs)
+
+                await poll(refused_by_redis)
+            server.start()
+            # Redis came back empty: generation "0" again, so the L1 entry would be a HIT,
+            # until the redelivered event bumps the owner's generation.
+
+            async def missed() -> bool:
+                return (await client.get("/api/tasks/x", headers=me)).headers["x-cache"] == "MISS"
+
+            await poll(missed)
+            await broker.stop()
+    finally:
+        server.kill()
+        await tasks.stop()
