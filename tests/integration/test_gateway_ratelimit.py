@@ -2,8 +2,6 @@
 trusted-proxy client addresses, and the configured mode when Redis dies."""
 
 import asyncio
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -15,7 +13,7 @@ import redis
 from gateway.app import create_app
 from gateway.settings import GatewaySettings, LimitPolicy
 from tests.support.gateway import gateway_settings
-from tests.support.infra import free_port
+from tests.support.redis_server import RedisServer
 from tests.support.servers import EchoUpstream, serve_asgi
 from tests.support.tokens import SigningKey
 
@@ -150,33 +148,18 @@ async def test_forwarded_for_is_ignored_from_untrusted_peers() -> None:
 
 
 @pytest.fixture
-def own_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
+def own_redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
     try:
-        yield url, proc
+        yield server
     finally:
-        proc.kill()
-        proc.wait()
+        server.kill()
 
 
 async def test_redis_down_fails_open_or_closed_as_configured(
-    own_redis: tuple[str, subprocess.Popen[bytes]],
+    own_redis: RedisServer,
 ) -> None:
-    url, proc = own_redis
+    url = own_redis.url
     key = SigningKey.generate()
     upstream = await EchoUpstream("svc").start()
     token, _ = key.mint(uuid.uuid4().hex)
@@ -197,8 +180,7 @@ async def test_redis_down_fails_open_or_closed_as_configured(
                 healthy = await client.get(f"{base}/api/tasks", headers=auth)
                 assert healthy.status_code == 200
                 assert "ratelimit" in healthy.headers
-            proc.kill()
-            proc.wait()
+            own_redis.kill()
             open_reply, closed_reply = await asyncio.gather(
                 client.get(f"{open_url}/api/tasks", headers=auth),
                 client.get(f"{closed_url}/api/tasks", headers=auth),
@@ -215,9 +197,9 @@ async def test_redis_down_fails_open_or_closed_as_configured(
 
 
 async def test_the_gate_reloads_its_script_after_redis_forgets_it(
-    own_redis: tuple[str, subprocess.Popen[bytes]],
+    own_redis: RedisServer,
 ) -> None:
-    url, _ = own_redis
+    url = own_redis.url
     key = SigningKey.generate()
     upstream = await EchoUpstream("svc").start()
     token, _ = key.mint(uuid.uuid4().hex)
