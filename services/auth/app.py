@@ -9,13 +9,12 @@ from fastapi import FastAPI, Request
 from pymongo.errors import ConnectionFailure
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from starlette.exceptions import HTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.events import USERS_TOPIC
 from common.health import Check, health_routes
 from common.infra import open_broker, open_mongo, open_redis, ping_kafka, ping_mongo, ping_redis
+from common.limits import BodyLimit
 from common.problems import install_problem_handlers, problem_response
 from services.auth.api import jwks_router, router
 from services.auth.domain import Passwords
@@ -25,36 +24,6 @@ from services.auth.sessions import Deps
 from services.auth.settings import AuthSettings
 from services.auth.storage import AuthStore
 from services.auth.throttle import LoginThrottle
-
-
-class BodyLimit:
-    """Refuse request bodies above `max_bytes` with 413, declared or streamed."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Check Content-Length up front, count the bytes of a chunked body as they come."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            response = problem_response(413, f"request body exceeds {self.max_bytes} bytes")
-            await response(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise HTTPException(413, f"request body exceeds {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, counted, send)
 
 
 async def load_keys(settings: AuthSettings, store: AuthStore) -> KeyRing:

@@ -3,9 +3,8 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from common.problems import ProblemError, problem_response
+from common.problems import ProblemError
 from common.tokens import AccessClaims, TokenError, TokenVerifier
 from services.notifier.domain import Preferences
 from services.notifier.storage import Store
@@ -63,36 +62,3 @@ async def put_preferences(body: Preferences, caller: Caller, store: Storage) -> 
     """Replace the caller's notification preferences (welcome and reset mails always go)."""
     await store.save_preferences(caller.sub, body)
     return body
-
-
-class BodyLimit:
-    """Answers 413 before a body larger than `limit` bytes is read into memory."""
-
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Check the declared length, then count what actually arrives."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._too_large(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise ProblemError(413, f"request body exceeds {self.limit} bytes")
-            return message
-
-        await self.app(scope, counted, send)
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(413, f"request body exceeds {self.limit} bytes")
-        await response(scope, receive, send)

@@ -16,9 +16,10 @@ from pymongo.errors import PyMongoError
 from common.health import Check, health_routes
 from common.infra import open_broker, open_mongo, ping_kafka, ping_mongo
 from common.kafka import make_broker
+from common.limits import BodyLimit
 from common.problems import install_problem_handlers
 from common.tokens import JwksCache, KeySource, StaticKeys, TokenVerifier
-from services.notifier.api import BodyLimit, KeysUnavailableError, router
+from services.notifier.api import MAX_BODY_BYTES, KeysUnavailableError, router
 from services.notifier.delivery import Deliverer
 from services.notifier.events import Pipeline, notifier_topics, register
 from services.notifier.mailer import Mailer
@@ -109,7 +110,7 @@ def create_app(settings: NotifierSettings) -> FastAPI:
 
     app = FastAPI(title="Taskbus notifier", lifespan=lifespan)
     install_problem_handlers(app)
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.include_router(router)
     app.router.routes.extend(health_routes(lambda: checks))
     return app

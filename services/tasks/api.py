@@ -2,14 +2,13 @@
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.events import TaskCreated, TaskDeleted
 from common.problems import ProblemError, problem_response
@@ -228,65 +227,3 @@ def install_task_error_handlers(app: FastAPI) -> None:
 
     for error in _ERRORS:
         app.add_exception_handler(error, on_task_error)
-
-
-class BodyLimitMiddleware:
-    """Refuses request bodies over the cap before anything parses them (413).
-
-    Tracing and metrics wrap the whole app in common.runner; this only guards the body.
-    """
-
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self._app = app
-        self._max = max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Wrap one request."""
-        if scope["type"] != "http":
-            await self._app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        length = headers.get("content-length")
-        if length is None and scope["method"] in {"POST", "PUT", "PATCH"}:
-            # A chunked body has no declared length: read it (bounded) before anyone parses it.
-            body = await self._read_bounded(receive)
-            if body is None:
-                await self._too_large(scope, receive, send)
-                return
-            receive = _replay(body, receive)
-        elif length is not None and (not length.isdigit() or int(length) > self._max):
-            await self._too_large(scope, receive, send)
-            return
-        await self._app(scope, receive, send)
-
-    async def _read_bounded(self, receive: Receive) -> bytes | None:
-        chunks: list[bytes] = []
-        size, more = 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self._max:
-                return None
-            more = message.get("more_body", False)
-        return b"".join(chunks)
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(413, f"request body over {self._max} bytes")
-        await response(scope, receive, send)
-
-
-def _replay(body: bytes, then: Receive) -> Callable[[], Awaitable[Message]]:
-    """Hand the buffered body over once, then defer to the server (disconnect notices)."""
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return await then()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive

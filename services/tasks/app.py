@@ -11,10 +11,10 @@ from fastapi import FastAPI
 from common.events import TASKS_TOPIC
 from common.health import Check, health_routes
 from common.infra import open_broker, open_mongo, ping_kafka, ping_mongo
+from common.limits import BodyLimit
 from common.problems import install_problem_handlers
 from common.tokens import JwksCache, KeySource, StaticKeys, TokenVerifier
 from services.tasks.api import (
-    BodyLimitMiddleware,
     Deps,
     KeysUnavailableError,
     install_task_error_handlers,
@@ -93,5 +93,5 @@ def create_app(settings: TasksSettings) -> FastAPI:
     install_task_error_handlers(app)
     app.include_router(router)
     app.router.routes.extend(health_routes(lambda: checks))
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -7,9 +7,10 @@ import pytest
 from fastapi import FastAPI
 from pydantic import ValidationError
 
+from common.limits import BodyLimit
 from common.problems import install_problem_handlers
 from common.tokens import JwksCache, TokenVerifier
-from services.notifier.api import BodyLimit, KeysUnavailableError, router
+from services.notifier.api import MAX_BODY_BYTES, KeysUnavailableError, router
 from services.notifier.domain import Preferences
 from services.notifier.settings import NotifierSettings
 from tests.support.tokens import AUDIENCE, ISSUER, SigningKey
@@ -33,7 +34,7 @@ class MemoryPreferences:
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
     install_problem_handlers(app)
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.include_router(router)
     app.state.store = MemoryPreferences()
     app.state.verifier = KEY.verifier()
