@@ -1,8 +1,9 @@
 """Settings every Taskbus process shares; each service subclasses with its own env prefix."""
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import SecretStr
+import orjson
+from pydantic import SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -37,6 +38,8 @@ class ServiceSettings(BaseSettings):
     jwt_issuer: str = "https://auth.taskbus.local"
     jwt_audience: str = "taskbus"
     jwks_url: str = "http://127.0.0.1:8001/.well-known/jwks.json"
+    # A fixed JWKS document used instead of jwks_url (tests; clusters that mount the key set).
+    jwks_json: str | None = None
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     # Where spans go when no OTLP endpoint is configured (JSON lines, one file per process).
@@ -56,6 +59,17 @@ class ServiceSettings(BaseSettings):
         """Service prefix wins over the shared TASKBUS_ prefix."""
         shared = EnvSettingsSource(settings_cls, env_prefix="TASKBUS_")
         return init_settings, env_settings, shared, dotenv_settings, file_secret_settings
+
+    @field_validator("jwks_json")
+    @classmethod
+    def _jwks_is_json(cls, value: str | None) -> str | None:
+        if value is not None and not isinstance(orjson.loads(value).get("keys"), list):
+            raise ValueError("jwks_json must be a JWKS document with a 'keys' list")
+        return value
+
+    def static_jwks(self) -> dict[str, Any] | None:
+        """The configured fixed JWKS, if any."""
+        return orjson.loads(self.jwks_json) if self.jwks_json else None
 
     def topic(self, name: str) -> str:
         """The physical Kafka topic for a logical topic name."""

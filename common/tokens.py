@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+import aiohttp
 import jwt
 from jwt import PyJWK
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -24,6 +25,10 @@ _FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 
 class TokenError(Exception):
     """Any reason a token is not accepted. Callers answer one uniform 401, whatever the reason."""
+
+
+class KeysUnavailableError(Exception):
+    """The verification keys cannot be fetched now: no token can be judged, so answer 503."""
 
 
 class AccessClaims(BaseModel):
@@ -96,6 +101,31 @@ class JwksCache:
                 self._keys = _parse_jwks(await self._fetch())
             finally:
                 self._fetched_at = time.monotonic()
+
+
+def jwks_source(
+    static_jwks: Mapping[str, Any] | None,
+    session: aiohttp.ClientSession,
+    url: str,
+    timeout_s: float = 3.0,
+) -> KeySource:
+    """A fixed key set when one is configured, else the auth service's JWKS fetched and cached."""
+    if static_jwks is not None:
+        return StaticKeys(static_jwks)
+
+    async def fetch() -> Mapping[str, Any]:
+        try:
+            timeout = aiohttp.ClientTimeout(total=timeout_s)
+            async with session.get(url, timeout=timeout) as response:
+                response.raise_for_status()
+                document = await response.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise KeysUnavailableError(url) from exc
+        if not isinstance(document, dict):
+            raise KeysUnavailableError(f"{url} did not answer a JWKS document")
+        return document
+
+    return JwksCache(fetch)
 
 
 def _parse_jwks(jwks: Mapping[str, Any]) -> dict[str, PyJWK]:

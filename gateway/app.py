@@ -1,10 +1,9 @@
 """Composition root of the gateway: a raw ASGI hot path, thin Starlette for everything else."""
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-import orjson
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 from starlette.applications import Starlette
@@ -18,15 +17,15 @@ from common.health import Check, health_routes
 from common.infra import open_broker, open_redis, ping_kafka, ping_redis
 from common.kafka import make_broker
 from common.problems import problem_response
-from common.tokens import TokenVerifier
-from gateway.auth import EdgeVerifier, key_source
+from common.tokens import TokenVerifier, jwks_source
+from gateway.auth import EdgeVerifier
 from gateway.cache import ResponseCache
 from gateway.docs import ApiDocs, doc_routes
 from gateway.events import subscribe
 from gateway.headers import EdgeHeaders
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
-from gateway.proxy import Upstreams, fetch_json, open_session
+from gateway.proxy import Upstreams, open_session
 from gateway.reply import problem, send_reply
 from gateway.settings import GatewaySettings
 
@@ -69,7 +68,6 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
     checks: dict[str, Check] = {}
     parts = Parts()
     metrics = Metrics()
-    static_jwks = orjson.loads(settings.jwks_json) if settings.jwks_json else None
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -82,12 +80,8 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
                 open_broker(settings, [TASKS_TOPIC, USERS_TOPIC], broker)
             )
 
-            async def fetch_jwks() -> Mapping[str, Any]:
-                document = await fetch_json(session, settings.jwks_url, JWKS_TIMEOUT_S)
-                return document if isinstance(document, dict) else {}
-
             verifier = TokenVerifier(
-                key_source(static_jwks, fetch_jwks),
+                jwks_source(settings.static_jwks(), session, settings.jwks_url, JWKS_TIMEOUT_S),
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
             )

@@ -1,21 +1,16 @@
 """JWT at the edge: which routes are public, and access tokens verified once then cached."""
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 import aiohttp
 import jwt
 from redis.asyncio import Redis
 
 from common.events import SessionsRevoked
-from common.tokens import AccessClaims, JwksCache, KeySource, StaticKeys, TokenError, TokenVerifier
+from common.tokens import AccessClaims, KeysUnavailableError, TokenError, TokenVerifier
 
 UNAUTHORIZED_DETAIL = "a valid access token is required"
-
-
-class KeysUnavailableError(Exception):
-    """The verification keys cannot be fetched now: the token is neither good nor bad yet."""
 
 
 class PublicRoutes:
@@ -29,13 +24,6 @@ class PublicRoutes:
     def __contains__(self, path: object) -> bool:
         """True if `path` is public."""
         return isinstance(path, str) and (path in self._exact or path.startswith(self._prefixes))
-
-
-def key_source(
-    jwks_json: Mapping[str, Any] | None, fetch: Callable[[], Awaitable[Mapping[str, Any]]]
-) -> KeySource:
-    """A fixed key set when one is configured, the auth service's JWKS otherwise."""
-    return StaticKeys(jwks_json) if jwks_json is not None else JwksCache(fetch)
 
 
 class EdgeVerifier:

@@ -11,8 +11,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
-from common.tokens import AccessClaims, TokenError
-from gateway.auth import UNAUTHORIZED_DETAIL, EdgeVerifier, KeysUnavailableError, PublicRoutes
+from common.tokens import AccessClaims, KeysUnavailableError, TokenError
+from gateway.auth import UNAUTHORIZED_DETAIL, EdgeVerifier, PublicRoutes
 from gateway.cache import (
     ResponseCache,
     bump_generation,

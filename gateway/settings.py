@@ -50,8 +50,6 @@ class GatewaySettings(ServiceSettings):
     connect_timeout_s: float = 1.0
     upstream_pool_size: int = 256
     max_body_bytes: int = 1_048_576
-    # A fixed JWKS (JSON) instead of fetching jwks_url: tests, or keys mounted from a file.
-    jwks_json: str | None = None
     token_cache_size: int = 10_000
     # Longest access-token lifetime auth issues: how long a revocation must be remembered.
     max_token_lifetime_s: int = 3600

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 
 from common.problems import ProblemError
-from common.tokens import AccessClaims, TokenError, TokenVerifier
+from common.tokens import AccessClaims, KeysUnavailableError, TokenError, TokenVerifier
 from services.notifier.domain import Preferences
 from services.notifier.storage import Store
 
@@ -13,10 +13,6 @@ MAX_BODY_BYTES = 4096
 _UNAUTHORIZED = ProblemError(
     401, "missing or invalid access token", headers={"WWW-Authenticate": 'Bearer realm="taskbus"'}
 )
-
-
-class KeysUnavailableError(Exception):
-    """The JWKS could not be fetched: no token can be judged, so the answer is 503, not 401."""
 
 
 def _verifier(request: Request) -> TokenVerifier:

@@ -1,12 +1,10 @@
 """Composition root of the notifier service."""
 
 import asyncio
-import json
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import aiohttp
 import structlog
@@ -18,8 +16,8 @@ from common.infra import open_broker, open_mongo, ping_kafka, ping_mongo
 from common.kafka import make_broker
 from common.limits import BodyLimit
 from common.problems import install_problem_handlers
-from common.tokens import JwksCache, KeySource, StaticKeys, TokenVerifier
-from services.notifier.api import MAX_BODY_BYTES, KeysUnavailableError, router
+from common.tokens import TokenVerifier, jwks_source
+from services.notifier.api import MAX_BODY_BYTES, router
 from services.notifier.delivery import Deliverer
 from services.notifier.events import Pipeline, notifier_topics, register
 from services.notifier.mailer import Mailer
@@ -41,24 +39,6 @@ async def _ping_smtp(settings: NotifierSettings) -> None:
     finally:
         writer.close()
         await writer.wait_closed()
-
-
-def _key_source(settings: NotifierSettings, session: aiohttp.ClientSession) -> KeySource:
-    """A fixed JWKS when configured, else the auth service's JWKS endpoint (cached)."""
-    if settings.jwks_json:
-        return StaticKeys(json.loads(settings.jwks_json))
-
-    async def fetch() -> Mapping[str, Any]:
-        timeout = aiohttp.ClientTimeout(total=3)
-        try:
-            async with session.get(settings.jwks_url, timeout=timeout) as resp:
-                resp.raise_for_status()
-                body: Mapping[str, Any] = await resp.json()
-                return body
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise KeysUnavailableError(settings.jwks_url) from exc
-
-    return JwksCache(fetch)
 
 
 async def _prune_forever(store: Store, settings: NotifierSettings) -> None:
@@ -86,7 +66,7 @@ def create_app(settings: NotifierSettings) -> FastAPI:
             session = await stack.enter_async_context(aiohttp.ClientSession())
             app.state.store = store
             app.state.verifier = TokenVerifier(
-                _key_source(settings, session),
+                jwks_source(settings.static_jwks(), session, settings.jwks_url),
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
             )

@@ -30,7 +30,6 @@ class NotifierSettings(ServiceSettings):
     port: int = 8003
     mongo_db: str = "taskbus_notifier"
     # Optional fixed JWKS (JSON text); when set, the JWKS URL is not fetched.
-    jwks_json: str | None = None
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from common.events import TaskCreated, TaskDeleted
 from common.problems import ProblemError, problem_response
-from common.tokens import TokenError, TokenVerifier
+from common.tokens import KeysUnavailableError, TokenError, TokenVerifier
 from services.tasks.domain import (
     BusyError,
     IdempotencyMismatchError,
@@ -51,10 +51,6 @@ _ERRORS: dict[type[TaskError], tuple[int, str]] = {
     IdempotentTaskGoneError: (409, "the task this Idempotency-Key created has been deleted"),
     BusyError: (503, "the task is busy; retry shortly"),
 }
-
-
-class KeysUnavailableError(Exception):
-    """The verification keys could not be fetched (the auth service is unreachable)."""
 
 
 @dataclass

@@ -1,9 +1,8 @@
 """Composition root of the tasks service."""
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 import aiohttp
 from fastapi import FastAPI
@@ -13,33 +12,15 @@ from common.health import Check, health_routes
 from common.infra import open_broker, open_mongo, ping_kafka, ping_mongo
 from common.limits import BodyLimit
 from common.problems import install_problem_handlers
-from common.tokens import JwksCache, KeySource, StaticKeys, TokenVerifier
+from common.tokens import TokenVerifier, jwks_source
 from services.tasks.api import (
     Deps,
-    KeysUnavailableError,
     install_task_error_handlers,
     router,
 )
 from services.tasks.events import OutboxRelay, ReminderScan
 from services.tasks.settings import TasksSettings
 from services.tasks.storage import TaskStore
-
-
-def _key_source(settings: TasksSettings, http: aiohttp.ClientSession) -> KeySource:
-    static = settings.static_jwks()
-    if static is not None:
-        return StaticKeys(static)
-
-    async def fetch() -> Mapping[str, Any]:
-        try:
-            async with http.get(settings.jwks_url, timeout=aiohttp.ClientTimeout(total=3)) as resp:
-                resp.raise_for_status()
-                keys: Mapping[str, Any] = await resp.json()
-                return keys
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise KeysUnavailableError(settings.jwks_url) from exc
-
-    return JwksCache(fetch)
 
 
 async def _stop(task: "asyncio.Task[None]") -> None:
@@ -66,7 +47,7 @@ def create_app(settings: TasksSettings) -> FastAPI:
             await store.ensure_indexes()
             relay = OutboxRelay(store, broker, settings)
             verifier = TokenVerifier(
-                _key_source(settings, http),
+                jwks_source(settings.static_jwks(), http, settings.jwks_url),
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
             )

@@ -1,9 +1,6 @@
 """Tasks service settings (env prefix TASKS_, shared values from TASKBUS_)."""
 
-from typing import Any
-
-import orjson
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import ServiceSettings
@@ -20,7 +17,6 @@ class TasksSettings(ServiceSettings):
     port: int = 8002
     mongo_db: str = "taskbus_tasks"
     # A fixed JWKS (JSON) used instead of fetching jwks_url: tests, or a key set mounted as a file.
-    jwks_json: str | None = None
     # Signs pagination cursors so clients cannot forge positions.
     cursor_secret: SecretStr = SecretStr(DEV_CURSOR_SECRET)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
@@ -39,13 +35,6 @@ class TasksSettings(ServiceSettings):
     reminder_lead_s: float = Field(default=3600.0, ge=0)
     reminder_interval_s: float = Field(default=30.0, gt=0)
 
-    @field_validator("jwks_json")
-    @classmethod
-    def _jwks_is_json(cls, value: str | None) -> str | None:
-        if value is not None and not isinstance(orjson.loads(value).get("keys"), list):
-            raise ValueError("jwks_json must be a JWKS document with a 'keys' list")
-        return value
-
     @model_validator(mode="after")
     def _no_dev_secrets_in_production(self) -> "TasksSettings":
         if self.is_production and self.cursor_secret.get_secret_value() == DEV_CURSOR_SECRET:
@@ -53,7 +42,3 @@ class TasksSettings(ServiceSettings):
         if self.is_production and len(self.cursor_secret.get_secret_value()) < 32:
             raise ValueError("TASKS_CURSOR_SECRET must be at least 32 characters")
         return self
-
-    def static_jwks(self) -> dict[str, Any] | None:
-        """The configured fixed JWKS, if any."""
-        return orjson.loads(self.jwks_json) if self.jwks_json else None

@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from common.limits import BodyLimit
 from common.problems import install_problem_handlers
-from common.tokens import JwksCache, TokenVerifier
-from services.notifier.api import MAX_BODY_BYTES, KeysUnavailableError, router
+from common.tokens import JwksCache, KeysUnavailableError, TokenVerifier
+from services.notifier.api import MAX_BODY_BYTES, router
 from services.notifier.domain import Preferences
 from services.notifier.settings import NotifierSettings
 from tests.support.tokens import AUDIENCE, ISSUER, SigningKey
