@@ -16,17 +16,9 @@ from services.auth.keys import generate_key
 from tests.support.auth import PASSWORD, signing_keys_env, unique_email
 from tests.support.infra import STATE_DIR, free_port, infra_env
 from tests.support.mail import wait_for_mail
-from tests.support.processes import ServiceProcess
+from tests.support.processes import MODULES, ServiceProcess
 
 pytestmark = pytest.mark.e2e
-
-MODULES = {
-    "auth": "services.auth",
-    "tasks": "services.tasks",
-    "notifier": "services.notifier",
-    "gateway": "gateway",
-}
-
 
 @dataclass
 class System:

@@ -8,17 +8,9 @@ import httpx
 import pytest
 
 from tests.support.infra import STATE_DIR, free_port, infra_env
-from tests.support.processes import ServiceProcess
+from tests.support.processes import MODULES, ServiceProcess
 
 pytestmark = pytest.mark.e2e
-
-MODULES = {
-    "auth": "services.auth",
-    "tasks": "services.tasks",
-    "notifier": "services.notifier",
-    "gateway": "gateway",
-}
-
 
 @pytest.fixture(scope="module")
 def services() -> Iterator[dict[str, ServiceProcess]]:

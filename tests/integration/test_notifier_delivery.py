@@ -4,13 +4,12 @@ import asyncio
 import io
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
 from faststream.kafka import KafkaBroker
 from pymongo import AsyncMongoClient
 
@@ -36,6 +35,7 @@ from services.notifier.domain import MAIL_CONSUMER
 from services.notifier.events import notifier_topics, retry_topic
 from services.notifier.settings import NotifierSettings
 from tests.support.infra import KAFKA_BOOTSTRAP, MONGO_URL, SMTP_PORT
+from tests.support.kafka import Record, read_records
 from tests.support.mailbox import MailBox
 from tests.support.metrics import metric_sum
 from tests.support.tokens import SigningKey
@@ -130,35 +130,6 @@ def parts(message: EmailMessage) -> dict[str, str]:
     }
 
 
-Record = tuple[bytes, dict[str, str]]
-
-
-async def read_raw(
-    topic: str, until: Callable[[list[Record]], bool], within: float = 30.0
-) -> list[Record]:
-    """Read `topic` from the beginning until `until(records)` holds."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=KAFKA_BOOTSTRAP,
-        group_id=f"test-{uuid.uuid4().hex}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    found: list[Record] = []
-    try:
-        async with asyncio.timeout(within):
-            while not until(found):
-                batch = await consumer.getmany(timeout_ms=300)
-                for records in batch.values():
-                    found.extend(
-                        (r.value or b"", {k: v.decode() for k, v in r.headers}) for r in records
-                    )
-    finally:
-        await consumer.stop()
-    return found
-
-
 async def test_registration_sends_a_multipart_welcome_to_the_user(
     settings: NotifierSettings, producer: KafkaBroker, prefix: str
 ) -> None:
@@ -230,7 +201,7 @@ async def test_malformed_record_goes_to_the_dlq_and_later_events_still_arrive(
             bad_payload.id.encode() in v for v, _ in records
         )
 
-    found = await read_raw(settings.topic(NOTIFIER_DLQ_TOPIC), both)
+    found = await read_records(settings.topic(NOTIFIER_DLQ_TOPIC), both)
     [poisoned] = [h for v, h in found if v == poison]
     assert poisoned["x-dlq-reason"] == "PoisonMessageError"
     assert poisoned["x-dlq-attempts"] == "1"
@@ -342,7 +313,7 @@ async def test_reminder_for_an_unknown_user_is_dead_lettered_then_replayed(
     def parked(records: list[Record]) -> bool:
         return any(reminder.id.encode() in value for value, _ in records)
 
-    found = await read_raw(settings.topic(NOTIFIER_DLQ_TOPIC), parked)
+    found = await read_records(settings.topic(NOTIFIER_DLQ_TOPIC), parked)
     [headers] = [h for v, h in found if reminder.id.encode() in v]
     assert headers["x-dlq-reason"] == "RetriesExhausted"
     assert headers["x-dlq-attempts"] == str(1 + settings.retry_tiers)
@@ -378,7 +349,7 @@ async def test_bulk_replay_requeues_each_dead_letter_once(prefix: str) -> None:
 
     assert await replay(settings, [], io.StringIO()) == 1
     assert await replay(settings, [], io.StringIO()) == 0
-    requeued = await read_raw(settings.topic(retry_topic(0)), lambda records: len(records) >= 1)
+    requeued = await read_records(settings.topic(retry_topic(0)), lambda records: len(records) >= 1)
     [(value, headers)] = requeued
     assert Envelope.model_validate_json(value).id == event.id
     assert headers["x-attempt"] == "2"

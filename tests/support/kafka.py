@@ -9,13 +9,13 @@ from aiokafka import AIOKafkaConsumer
 from common.events import Envelope
 from tests.support.infra import KAFKA_BOOTSTRAP
 
+Record = tuple[bytes, dict[str, str]]  # value, headers
 
-async def collect_events(
-    topic: str,
-    until: Callable[[list[Envelope]], bool],
-    within: float = 30.0,
-) -> list[Envelope]:
-    """Read `topic` from the beginning until `until(events)` holds; TimeoutError otherwise."""
+
+async def read_records(
+    topic: str, until: Callable[[list[Record]], bool], within: float = 30.0
+) -> list[Record]:
+    """Read `topic` from the beginning until `until(records)` holds; TimeoutError otherwise."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=KAFKA_BOOTSTRAP,
@@ -24,13 +24,29 @@ async def collect_events(
         enable_auto_commit=False,
     )
     await consumer.start()
-    events: list[Envelope] = []
+    found: list[Record] = []
     try:
         async with asyncio.timeout(within):
-            while not until(events):
-                batch = await consumer.getmany(timeout_ms=500)
+            while not until(found):
+                batch = await consumer.getmany(timeout_ms=300)
                 for records in batch.values():
-                    events.extend(Envelope.model_validate_json(r.value) for r in records)
+                    found.extend(
+                        (r.value or b"", {k: v.decode() for k, v in r.headers}) for r in records
+                    )
     finally:
         await consumer.stop()
-    return events
+    return found
+
+
+async def collect_events(
+    topic: str,
+    until: Callable[[list[Envelope]], bool],
+    within: float = 30.0,
+) -> list[Envelope]:
+    """Read `topic` from the beginning until `until(events)` holds; TimeoutError otherwise."""
+
+    def parsed(records: list[Record]) -> list[Envelope]:
+        return [Envelope.model_validate_json(value) for value, _ in records]
+
+    records = await read_records(topic, lambda found: until(parsed(found)), within)
+    return parsed(records)

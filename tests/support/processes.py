@@ -11,6 +11,14 @@ import httpx
 
 from tests.support.infra import ROOT
 
+# Every Taskbus process and the module that starts it (`python -m <module>`), in start order.
+MODULES = {
+    "auth": "services.auth",
+    "tasks": "services.tasks",
+    "notifier": "services.notifier",
+    "gateway": "gateway",
+}
+
 
 class ServiceProcess:
     """One service process on its own port, with its output captured to a log file."""
