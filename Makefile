@@ -67,3 +67,6 @@ bench-tasks: ## tasks CRUD throughput, write-lock cost, outbox relay lag (needs 
 .PHONY: bench-notifier
 bench-notifier: ## notifier mails/s, 1 vs 2 replicas (needs Kafka, FerretDB) -> docs/bench-notifier.md
 	@$(PY) -m bench.bench_notifier
+
+.PHONY: bench
+bench: bench-jwt bench-gateway bench-tasks bench-notifier ## every benchmark; results under docs/
