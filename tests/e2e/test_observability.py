@@ -20,6 +20,7 @@ from tests.support.processes import MODULES, ServiceProcess
 
 pytestmark = pytest.mark.e2e
 
+
 @dataclass
 class System:
     client: httpx.AsyncClient
@@ -193,7 +194,12 @@ async def test_failed_login_logs_neither_password_nor_token(system: System) -> N
     )
     tokens = registered.json()
     wrong = f"wrong-{uuid.uuid4().hex}"
-    failed = await system.client.post("/api/auth/login", json={"email": email, "password": wrong})
+    request_id = f"req-{uuid.uuid4().hex}"
+    failed = await system.client.post(
+        "/api/auth/login",
+        json={"email": email, "password": wrong},
+        headers={"X-Request-ID": request_id},
+    )
     assert failed.status_code == 401
     # A request with a (valid) bearer token, so a careless log line would have it to leak.
     await system.client.get(
@@ -207,6 +213,7 @@ async def test_failed_login_logs_neither_password_nor_token(system: System) -> N
     ]
     assert failures, "the failed login left no audit line"
     assert failures[-1]["level"] == "warning"
-    assert "trace_id" in failures[-1]  # correlatable with the request's trace
+    assert "trace_id" in failures[-1]  # correlatable with the request's trace...
+    assert failures[-1]["request_id"] == request_id  # ...and with the id the client sent
     for secret in (wrong, PASSWORD, tokens["access_token"], tokens["refresh_token"]):
         assert secret not in logs
