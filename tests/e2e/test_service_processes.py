@@ -12,6 +12,7 @@ from tests.support.processes import MODULES, ServiceProcess
 
 pytestmark = pytest.mark.e2e
 
+
 @pytest.fixture(scope="module")
 def services() -> Iterator[dict[str, ServiceProcess]]:
     prefix = f"probe{free_port()}"
