@@ -1,22 +1,19 @@
 """Tracing and logging set-up shared by every process (called from each composition root)."""
 
-import contextvars
 import json
 import logging
 import os
-import re
 import sys
 import threading
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import sentry_sdk
 import structlog
+from fastapi import FastAPI
 from opentelemetry import trace
 from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.instrumentation.pymongo import PymongoInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.resources import Resource
@@ -24,14 +21,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
+from common.asgi import RequestIdMiddleware, ServerSpanMiddleware, request_id_var
 from common.metrics import MetricsMiddleware
 from common.settings import ServiceSettings
-
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "request_id", default=None
-)
 
 # Keys whose values never reach a log line, whatever the caller passes.
 _SECRET_KEYS = frozenset(
@@ -140,48 +134,16 @@ def current_traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
-_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,128}$")
-
-
-class RequestIdMiddleware:
-    """Binds the request's X-Request-ID to every log line written while it is handled.
-
-    A missing or malformed id is replaced (in the scope, so the gateway forwards the same one)
-    by a fresh one; the gateway passes its id upstream, so one id spans every service's logs.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Bind the id for the duration of the request."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex.encode()
-        # In place, like Starlette's router: outer middleware read values set further in.
-        scope["headers"] = [*headers, (b"x-request-id", request_id)]
-        token = request_id_var.set(request_id.decode())
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            request_id_var.reset(token)
-
-
 def instrument(app: ASGIApp, settings: ServiceSettings) -> ASGIApp:
     """Wrap an app with server spans and RED metrics, and trace its Mongo/Redis/HTTP clients."""
+    app_root = app
     PymongoInstrumentor().instrument()
     RedisInstrumentor().instrument()
     AioHttpClientInstrumentor().instrument()
-    return OpenTelemetryMiddleware(
-        RequestIdMiddleware(MetricsMiddleware(app, settings.service_name)),
-        excluded_urls="livez,readyz,metrics",
-        # Per-message receive/send child spans say nothing the server span does not, and cost
-        # the gateway ~1.7x throughput (docs/bench-gateway.md).
-        exclude_spans=["receive", "send"],
-    )
+    app = RequestIdMiddleware(MetricsMiddleware(app, settings.service_name))
+    # FastAPI makes its own SERVER spans (native telemetry, on once a tracer provider is set);
+    # a second one here would double every request. The gateway is plain Starlette.
+    return app if isinstance(app_root, FastAPI) else ServerSpanMiddleware(app)
 
 
 def _add_trace_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -81,7 +81,8 @@ async def _trace_with(trace_dir: Path, trace_id: str, needed: set[str]) -> list[
 
 def _server_trace_id(trace_dir: Path, service: str, route_part: str) -> str | None:
     for span in _spans(trace_dir):
-        if span["service"] == service and span["kind"] == "SERVER" and route_part in span["name"]:
+        where = f"{span['name']} {span['attributes'].get('url.path', '')}"
+        if span["service"] == service and span["kind"] == "SERVER" and route_part in where:
             return str(span["trace_id"])
     return None
 
