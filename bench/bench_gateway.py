@@ -155,7 +155,7 @@ Every gateway row runs the full edge: helmet and CORS headers, request id, body 
 (verified once, then from the token cache) and the one Redis script per request (two sliding
 windows, revocation check, cache generation). A HIT is then answered from the in-process L1;
 the proxied row adds the pooled aiohttp hop to the echo. "As shipped" is `python -m gateway`
-(common.runner: OpenTelemetry ASGI middleware with receive/send spans, Redis and aiohttp
+(common.runner: a server span per request (common/asgi.py), Redis and aiohttp
 client spans, RED metrics); "without OTel instrumentation" is `bench/gateway_lean.py`, the same
 app with the RED metrics only: the difference is what per-request tracing costs here, with
 TASKBUS_TRACE_SAMPLE_RATIO=0 (sampling every request costs more still).
