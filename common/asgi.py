@@ -23,6 +23,20 @@ _UNTRACED = frozenset({"/livez", "/readyz", "/metrics"})
 _tracer = trace.get_tracer("taskbus.http")
 
 
+class StatusRecorder:
+    """Wraps an ASGI `send` and remembers the response status (500 until one is sent)."""
+
+    def __init__(self, send: Send) -> None:
+        self.status = 500
+        self._send = send
+
+    async def __call__(self, message: Message) -> None:
+        """Pass the message on, noting the status of the response start."""
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)
+
+
 class ServerSpanMiddleware:
     """One SERVER span per HTTP request, continuing the caller's W3C trace context."""
 
@@ -46,17 +60,11 @@ class ServerSpanMiddleware:
             kind=SpanKind.SERVER,
             attributes={"http.request.method": method, "url.path": scope["path"]},
         ) as span:
-            status = 500
-
-            async def send_wrapper(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                await send(message)
-
+            recorder = StatusRecorder(send)
             try:
-                await self.app(scope, receive, send_wrapper)
+                await self.app(scope, receive, recorder)
             finally:
+                status = recorder.status
                 if span.is_recording():
                     route = getattr(scope.get("route"), "path", None)
                     if route:
