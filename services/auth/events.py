@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from faststream.kafka import KafkaBroker
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from pydantic import ValidationError
 from pymongo.asynchronous.collection import AsyncCollection
 
@@ -58,10 +59,13 @@ class OutboxRelay:
     async def drain(self) -> int:
         """Publish every pending event; returns how many were published."""
         published = 0
-        await self._backlog.refresh()
-        for collection in (self._store.users, self._store.sessions):
-            while doc := await self._store.claim_outbox(collection, datetime.now(UTC)):
-                published += await self._publish(collection, doc)
+        # The relay's own claims and removals would be a root trace per poll; each publish
+        # still runs in the trace of the request that wrote the event (common.kafka.publish).
+        with suppress_instrumentation():
+            await self._backlog.refresh()
+            for collection in (self._store.users, self._store.sessions):
+                while doc := await self._store.claim_outbox(collection, datetime.now(UTC)):
+                    published += await self._publish(collection, doc)
         return published
 
     async def _publish(self, collection: AsyncCollection[dict[str, Any]], doc: Doc) -> int:

@@ -9,6 +9,7 @@ from contextlib import suppress
 
 from faststream.kafka import KafkaBroker
 from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from prometheus_client import Counter
 
 from common.events import TASKS_TOPIC, Envelope, Payload, TaskDueSoon, new_event
@@ -66,9 +67,12 @@ class OutboxRelay:
 
     async def drain(self) -> bool:
         """One round over pending tasks; True when a full batch moved (more may wait)."""
-        await self._backlog.refresh()
-        ids = await self._store.pending_ids(self._settings.relay_batch)
-        moved = await asyncio.gather(*(self._relay_task(task_id) for task_id in ids))
+        # The relay's own reads, leases and removals would be a root trace per poll; each
+        # publish still runs in the trace of the request that wrote the event (common.kafka).
+        with suppress_instrumentation():
+            await self._backlog.refresh()
+            ids = await self._store.pending_ids(self._settings.relay_batch)
+            moved = await asyncio.gather(*(self._relay_task(task_id) for task_id in ids))
         return len(ids) == self._settings.relay_batch and sum(moved) > 0
 
     async def _relay_task(self, task_id: str) -> int:
