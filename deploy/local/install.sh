@@ -20,7 +20,9 @@ if ! command -v uv >/dev/null 2>&1; then
   export PATH="$HOME/.local/bin:$PATH"
 fi
 export UV_CACHE_DIR="$VAR/uv-cache"
-uv sync --frozen --quiet
+# Precompiled bytecode: some machines set PYTHONDONTWRITEBYTECODE, and every service process
+# would otherwise compile its imports from source at start (seconds of CPU each).
+uv sync --frozen --quiet --compile-bytecode
 
 # Redis from Debian's package.
 if ! command -v redis-server >/dev/null 2>&1; then
