@@ -4,15 +4,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from common.problems import ProblemError
-from common.tokens import AccessClaims, KeysUnavailableError, TokenError, TokenVerifier
+from common.tokens import AccessClaims, TokenVerifier, verify_bearer
 from services.notifier.domain import Preferences
 from services.notifier.storage import Store
 
 MAX_BODY_BYTES = 4096
-_UNAUTHORIZED = ProblemError(
-    401, "missing or invalid access token", headers={"WWW-Authenticate": 'Bearer realm="taskbus"'}
-)
 
 
 def _verifier(request: Request) -> TokenVerifier:
@@ -29,17 +25,7 @@ async def current_user(
     request: Request, verifier: Annotated[TokenVerifier, Depends(_verifier)]
 ) -> AccessClaims:
     """The verified caller; one uniform 401 whatever is wrong with the token."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token or len(token) > 8192:
-        raise _UNAUTHORIZED
-    try:
-        return await verifier.verify(token.strip())
-    except TokenError:
-        raise _UNAUTHORIZED from None
-    except KeysUnavailableError:
-        raise ProblemError(
-            503, "cannot verify access tokens right now", headers={"Retry-After": "5"}
-        ) from None
+    return await verify_bearer(verifier, request.headers.get("authorization"))
 
 
 Caller = Annotated[AccessClaims, Depends(current_user)]

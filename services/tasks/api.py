@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from common.events import TaskCreated, TaskDeleted
 from common.problems import ProblemError, problem_response
-from common.tokens import KeysUnavailableError, TokenError, TokenVerifier
+from common.tokens import TokenVerifier, verify_bearer
 from services.tasks.domain import (
     BusyError,
     IdempotencyMismatchError,
@@ -74,21 +74,7 @@ DepsDep = Annotated[Deps, Depends(deps)]
 
 async def caller(d: DepsDep, authorization: Annotated[str | None, Header()] = None) -> str:
     """The verified token's subject; one uniform 401 whatever is wrong with the token."""
-    scheme, _, token = (authorization or "").partition(" ")
-    unauthorized = ProblemError(
-        401, "missing or invalid access token", headers={"WWW-Authenticate": "Bearer"}
-    )
-    if scheme.lower() != "bearer" or not token.strip():
-        raise unauthorized
-    try:
-        claims = await d.verifier.verify(token.strip())
-    except TokenError:
-        raise unauthorized from None
-    except KeysUnavailableError:
-        raise ProblemError(
-            503, "cannot verify access tokens right now", headers={"Retry-After": "5"}
-        ) from None
-    return claims.sub
+    return (await verify_bearer(d.verifier, authorization)).sub
 
 
 Owner = Annotated[str, Depends(caller)]
