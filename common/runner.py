@@ -18,8 +18,16 @@ def run_service(settings: S, create_app: Callable[[S], ASGIApp]) -> None:
     setup_logging(settings)
     provider = setup_tracing(settings)
     setup_error_tracking(settings)
+    try:
+        serve(instrument(create_app(settings), settings), settings)
+    finally:
+        provider.shutdown()
+
+
+def serve(app: ASGIApp, settings: ServiceSettings) -> None:
+    """Serve one ASGI app on uvicorn (uvloop, httptools, our logging) until SIGTERM/SIGINT."""
     config = uvicorn.Config(
-        instrument(create_app(settings), settings),
+        app,
         host=settings.host,
         port=settings.port,
         loop="none",
@@ -31,7 +39,4 @@ def run_service(settings: S, create_app: Callable[[S], ASGIApp]) -> None:
         proxy_headers=False,
         timeout_graceful_shutdown=20,
     )
-    try:
-        uvloop.run(uvicorn.Server(config).serve())
-    finally:
-        provider.shutdown()
+    uvloop.run(uvicorn.Server(config).serve())
