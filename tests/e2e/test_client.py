@@ -1,47 +1,21 @@
 """The Python client against the real gateway, auth and tasks: refresh, revalidation, If-Match."""
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
 from client import ApiError, TaskbusClient, TokenPair
-from services.auth.keys import generate_key
-from tests.support.auth import PASSWORD, signing_keys_env, unique_email
-from tests.support.infra import STATE_DIR, free_port, infra_env
-from tests.support.processes import MODULES, ServiceProcess
+from tests.support.auth import PASSWORD, unique_email
+from tests.support.system import running_system
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 async def gateway_url() -> AsyncIterator[str]:
-    prefix = f"cli{uuid.uuid4().hex[:10]}"
-    names = ("auth", "tasks", "gateway")
-    ports = {name: free_port() for name in names}
-    url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    env = {
-        **infra_env(prefix),
-        "TASKBUS_KAFKA_PARTITIONS": "2",
-        "TASKBUS_JWKS_URL": f"{url['auth']}/.well-known/jwks.json",
-        "AUTH_SIGNING_KEYS": signing_keys_env(generate_key("client-e2e")),
-        "GATEWAY_AUTH_URL": url["auth"],
-        "GATEWAY_TASKS_URL": url["tasks"],
-        **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
-    }
-    logs = STATE_DIR / "log" / "tests"
-    procs = [
-        ServiceProcess(MODULES[name], ports[name], env, logs / f"{prefix}-{name}.log").start()
-        for name in names
-    ]
-    try:
-        for proc in procs:
-            await asyncio.to_thread(proc.wait_ready, 90)
-        yield url["gateway"]
-    finally:
-        for proc in procs:
-            await asyncio.to_thread(proc.stop)
+    async with running_system(f"cli{uuid.uuid4().hex[:10]}", ["auth", "tasks", "gateway"]) as procs:
+        yield procs["gateway"].url
 
 
 async def test_a_refused_access_token_is_refreshed_silently(gateway_url: str) -> None:

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from services.auth.keys import generate_key
-from tests.support.auth import PASSWORD, signing_keys_env, unique_email
-from tests.support.infra import STATE_DIR, free_port, infra_env
+from tests.support.auth import PASSWORD, unique_email
 from tests.support.processes import ServiceProcess
+from tests.support.system import running_system
 
 pytestmark = pytest.mark.e2e
 
@@ -26,40 +25,12 @@ class Stack:
 @pytest.fixture(scope="module")
 async def stack() -> AsyncIterator[Stack]:
     prefix = f"gws{uuid.uuid4().hex[:10]}"
-    ports = {name: free_port() for name in ("auth", "tasks", "gateway")}
-    auth_url = f"http://127.0.0.1:{ports['auth']}"
-    env = {
-        **infra_env(prefix),
-        "TASKBUS_JWKS_URL": f"{auth_url}/.well-known/jwks.json",
-        "TASKBUS_KAFKA_PARTITIONS": "2",
-        "AUTH_PORT": str(ports["auth"]),
-        "AUTH_SIGNING_KEYS": signing_keys_env(generate_key("gw-e2e")),
-        "AUTH_RELAY_POLL_S": "0.2",
-        "TASKS_PORT": str(ports["tasks"]),
-        "TASKS_RELAY_INTERVAL_S": "0.2",
-        "GATEWAY_PORT": str(ports["gateway"]),
-        "GATEWAY_AUTH_URL": auth_url,
-        "GATEWAY_TASKS_URL": f"http://127.0.0.1:{ports['tasks']}",
-        # Not started: stands for a service that is down.
-        "GATEWAY_NOTIFIER_URL": f"http://127.0.0.1:{free_port()}",
-    }
-    logs = STATE_DIR / "log" / "tests"
-    procs = {
-        name: ServiceProcess(module, ports[name], env, logs / f"{prefix}-{name}.log").start()
-        for name, module in (
-            ("auth", "services.auth"),
-            ("tasks", "services.tasks"),
-            ("gateway", "gateway"),
-        )
-    }
-    try:
-        for proc in procs.values():
-            await asyncio.to_thread(proc.wait_ready, 90)
-        async with httpx.AsyncClient(base_url=procs["gateway"].url, timeout=30) as client:
-            yield Stack(client, procs["tasks"])
-    finally:
-        for proc in procs.values():
-            await asyncio.to_thread(proc.stop)
+    # The notifier is not started: it stands for a service that is down.
+    async with (
+        running_system(prefix, ["auth", "tasks", "gateway"]) as procs,
+        httpx.AsyncClient(base_url=procs["gateway"].url, timeout=30) as client,
+    ):
+        yield Stack(client, procs["tasks"])
 
 
 async def test_register_create_cache_patch_and_logout_through_the_gateway(stack: Stack) -> None:

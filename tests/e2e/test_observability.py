@@ -12,11 +12,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.auth.keys import generate_key
-from tests.support.auth import PASSWORD, signing_keys_env, unique_email
-from tests.support.infra import STATE_DIR, free_port, infra_env
+from tests.support.auth import PASSWORD, unique_email
+from tests.support.infra import STATE_DIR
 from tests.support.mail import wait_for_mail
 from tests.support.processes import MODULES, ServiceProcess
+from tests.support.system import running_system
 
 pytestmark = pytest.mark.e2e
 
@@ -31,33 +31,11 @@ class System:
 @pytest.fixture(scope="module")
 async def system() -> AsyncIterator[System]:
     prefix = f"obs{uuid.uuid4().hex[:10]}"
-    ports = {name: free_port() for name in MODULES}
-    url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    env = {
-        **infra_env(prefix),
-        "TASKBUS_KAFKA_PARTITIONS": "2",
-        "TASKBUS_JWKS_URL": f"{url['auth']}/.well-known/jwks.json",
-        "AUTH_SIGNING_KEYS": signing_keys_env(generate_key("obs-e2e")),
-        "AUTH_RELAY_POLL_S": "0.2",
-        "TASKS_RELAY_INTERVAL_S": "0.2",
-        "GATEWAY_AUTH_URL": url["auth"],
-        "GATEWAY_TASKS_URL": url["tasks"],
-        "GATEWAY_NOTIFIER_URL": url["notifier"],
-        **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
-    }
-    logs = STATE_DIR / "log" / "tests"
-    procs = {
-        name: ServiceProcess(module, ports[name], env, logs / f"{prefix}-{name}.log").start()
-        for name, module in MODULES.items()
-    }
-    try:
-        for proc in procs.values():
-            await asyncio.to_thread(proc.wait_ready, 90)
-        async with httpx.AsyncClient(base_url=url["gateway"], timeout=30) as client:
-            yield System(client, procs, Path(env["TASKBUS_TRACE_DIR"]))
-    finally:
-        for proc in procs.values():
-            await asyncio.to_thread(proc.stop)
+    async with (
+        running_system(prefix, MODULES) as procs,
+        httpx.AsyncClient(base_url=procs["gateway"].url, timeout=30) as client,
+    ):
+        yield System(client, procs, STATE_DIR / "traces" / prefix)
 
 
 def _spans(trace_dir: Path) -> list[dict[str, Any]]:
