@@ -1,16 +1,14 @@
 """HTTP routes of the tasks service; domain errors become problem+json here and only here."""
 
-import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
+import structlog
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from starlette.responses import Response
 
-from common.events import TaskCreated, TaskDeleted
 from common.problems import ProblemError, problem_response
 from common.tokens import TokenVerifier, verify_bearer
 from services.tasks.domain import (
@@ -27,19 +25,14 @@ from services.tasks.domain import (
     TaskPage,
     TaskPatch,
     TaskStats,
-    apply_patch,
     decode_cursor,
     encode_cursor,
     etag,
-    if_match_ok,
     if_none_match_hit,
-    new_task,
-    now_ms,
 )
-from services.tasks.events import wrap
-from services.tasks.storage import TaskStore, new_task_id
+from services.tasks.service import TaskService
 
-_log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 _ID = re.compile(r"[0-9a-f]{24}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 
@@ -57,10 +50,9 @@ _ERRORS: dict[type[TaskError], tuple[int, str]] = {
 class Deps:
     """What the routes need, made by the lifespan."""
 
-    store: TaskStore
+    tasks: TaskService
     verifier: TokenVerifier
     cursor_secret: bytes
-    written: Callable[[], None]
 
 
 def deps(request: Request) -> Deps:
@@ -110,14 +102,7 @@ async def create_task(
     """Create a task; a retry with the same Idempotency-Key returns the first result."""
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise ProblemError(400, "Idempotency-Key must be 1..200 visible ASCII characters")
-    task = new_task(new_task_id(), owner, body, now_ms())
-    stored, replayed = await d.store.create(
-        task,
-        wrap(TaskCreated(task=task.snapshot()), owner),
-        idem_key=idempotency_key,
-        fingerprint=body.fingerprint(),
-    )
-    d.written()
+    stored, replayed = await d.tasks.create(owner, body, idempotency_key)
     headers = {"Location": f"/api/tasks/{stored.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -128,7 +113,7 @@ async def create_task(
 async def list_tasks(query: Annotated[ListQuery, Query()], owner: Owner, d: DepsDep) -> Response:
     """The caller's tasks, filtered, sorted, one page at a time (opaque cursor)."""
     after = decode_cursor(d.cursor_secret, query, query.cursor) if query.cursor else None
-    items, position = await d.store.page(owner, query, after)
+    items, position = await d.tasks.page(owner, query, after)
     cursor = encode_cursor(d.cursor_secret, query, position) if position else None
     body = {"items": [t.model_dump(mode="json") for t in items], "next_cursor": cursor}
     return _json(body, headers={"Cache-Control": "private, no-cache"})
@@ -137,7 +122,7 @@ async def list_tasks(query: Annotated[ListQuery, Query()], owner: Owner, d: Deps
 @router.get("/stats", response_model=TaskStats)
 async def task_stats(owner: Owner, d: DepsDep) -> Response:
     """Counts of the caller's tasks by status and by priority."""
-    stats = await d.store.stats(owner)
+    stats = await d.tasks.stats(owner)
     return _json(stats.model_dump(mode="json"), headers={"Cache-Control": "private, no-cache"})
 
 
@@ -149,7 +134,7 @@ async def get_task(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """One task; 304 when If-None-Match names its current version."""
-    task = await d.store.get(owner, _task_id(task_id))
+    task = await d.tasks.get(owner, _task_id(task_id))
     if if_none_match_hit(if_none_match, task.version):
         return Response(
             status_code=304,
@@ -167,14 +152,7 @@ async def update_task(
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Change some fields; 412 when If-Match names a stale version."""
-
-    def change(task: Task) -> tuple[Task, Any]:
-        if not if_match_ok(if_match, task.version):
-            raise PreconditionFailedError(task.id)
-        return apply_patch(task, body, now_ms())
-
-    task = await d.store.mutate(owner, _task_id(task_id), change, lambda p: wrap(p, owner))
-    d.written()
+    task = await d.tasks.update(owner, _task_id(task_id), body, if_match)
     return _task_response(task)
 
 
@@ -186,14 +164,7 @@ async def delete_task(
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Delete a task; 412 when If-Match names a stale version."""
-
-    def check(task: Task) -> TaskDeleted:
-        if not if_match_ok(if_match, task.version):
-            raise PreconditionFailedError(task.id)
-        return TaskDeleted(task_id=task.id, owner=owner)
-
-    await d.store.delete(owner, _task_id(task_id), check, lambda p: wrap(p, owner))
-    d.written()
+    await d.tasks.delete(owner, _task_id(task_id), if_match)
     return Response(status_code=204)
 
 
@@ -203,7 +174,7 @@ def install_task_error_handlers(app: FastAPI) -> None:
     async def on_task_error(request: Request, exc: Exception) -> Response:
         status, detail = _ERRORS[type(exc)] if isinstance(exc, TaskError) else (500, "error")
         if status >= 500:
-            _log.warning("answering %s: %s", status, exc)
+            log.warning("answering with an error", status=status, error=str(exc))
         headers = {"Retry-After": "1"} if status == 503 else None
         return problem_response(status, detail, instance=request.url.path, headers=headers)
 

@@ -18,7 +18,10 @@ from services.tasks.api import (
     install_task_error_handlers,
     router,
 )
-from services.tasks.events import OutboxRelay, ReminderScan
+from services.tasks.events import OutboxRelay
+from services.tasks.outbox import OutboxStore
+from services.tasks.reminders import ReminderScan, ReminderStore
+from services.tasks.service import TaskService
 from services.tasks.settings import TasksSettings
 from services.tasks.storage import TaskStore
 
@@ -45,24 +48,28 @@ def create_app(settings: TasksSettings) -> FastAPI:
                 outbox_max=settings.outbox_max,
             )
             await store.ensure_indexes()
-            relay = OutboxRelay(store, broker, settings)
+            wait_s = settings.lock_wait_s
+            relay = OutboxRelay(
+                OutboxStore(store.tasks, store.locks, wait_s=wait_s), broker, settings
+            )
             verifier = TokenVerifier(
                 jwks_source(settings.static_jwks(), http, settings.jwks_url),
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
             )
             app.state.deps = Deps(
-                store=store,
+                tasks=TaskService(store, written=relay.wake),
                 verifier=verifier,
                 cursor_secret=settings.cursor_secret.get_secret_value().encode(),
-                written=relay.wake,
             )
             # Stopped before the broker closes (exit stack order), so nothing publishes late.
-            loops = []
+            # Relay leases use lock documents even when write locks are off: always swept.
+            loops = [store.locks.sweep_forever()]
             if settings.relay_enabled:
                 loops.append(relay.run())
             if settings.reminders_enabled:
-                loops.append(ReminderScan(store, settings, relay).run())
+                reminders = ReminderStore(store.tasks, store.locks, wait_s=wait_s)
+                loops.append(ReminderScan(reminders, settings, relay).run())
             for loop in loops:
                 stack.push_async_callback(_stop, asyncio.create_task(loop))
             checks["mongo"] = lambda: ping_mongo(mongo)

@@ -1,27 +1,26 @@
-"""Publishing side of the tasks service: the outbox relay and the due-date reminder scan.
+"""Publishing side of the tasks service: event envelopes and the outbox relay.
 
 The tasks service consumes nothing; every event it emits leaves through a task's outbox.
 """
 
 import asyncio
-import logging
 from contextlib import suppress
 
+import structlog
 from faststream.kafka import KafkaBroker
 from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from prometheus_client import Counter
 
-from common.events import TASKS_TOPIC, Envelope, Payload, TaskDueSoon, new_event
+from common.events import TASKS_TOPIC, Envelope, Payload, new_event
 from common.kafka import publish
 from common.metrics import BacklogGauge
 from common.telemetry import current_traceparent
-from services.tasks.domain import Task, now_ms, reminder_deadline
+from services.tasks.outbox import Doc, OutboxStore
 from services.tasks.settings import TasksSettings
-from services.tasks.storage import Doc, TaskStore
 
 SOURCE = "/tasks"
-_log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
 PUBLISHED = Counter(
     "taskbus_tasks_outbox_published_total", "Outbox events published to Kafka, by type.", ["type"]
@@ -29,7 +28,6 @@ PUBLISHED = Counter(
 PUBLISH_FAILURES = Counter(
     "taskbus_tasks_outbox_publish_failures_total", "Outbox publish attempts that failed."
 )
-REMINDERS = Counter("taskbus_tasks_reminders_total", "task.due_soon.v1 events emitted.")
 
 
 def wrap(payload: Payload, owner: str) -> Envelope:
@@ -40,7 +38,7 @@ def wrap(payload: Payload, owner: str) -> Envelope:
 class OutboxRelay:
     """Publishes outbox entries in order per task, then removes exactly those entries."""
 
-    def __init__(self, store: TaskStore, broker: KafkaBroker, settings: TasksSettings) -> None:
+    def __init__(self, store: OutboxStore, broker: KafkaBroker, settings: TasksSettings) -> None:
         self._store = store
         self._broker = broker
         self._settings = settings
@@ -58,8 +56,8 @@ class OutboxRelay:
             self._wake.clear()
             try:
                 busy = await self.drain()
-            except Exception:  # noqa: BLE001 - the relay outlives a bad round; it is logged
-                _log.exception("outbox relay round failed")
+            except Exception:  # the relay outlives a bad round; it is logged
+                log.exception("outbox relay round failed")
                 busy = False
             if not busy:
                 with suppress(TimeoutError):
@@ -88,10 +86,10 @@ class OutboxRelay:
             for entry in await self._store.outbox(task_id):
                 try:
                     await self._publish(Envelope.model_validate(entry["event"]))
-                except Exception:  # noqa: BLE001 - any failure: keep the entry, retry later
+                except Exception:  # any failure: keep the entry, retry later
                     PUBLISH_FAILURES.inc()
                     # Later entries wait: order per task matters more than progress.
-                    _log.exception("publishing %s failed; retrying later", entry["id"])
+                    log.exception("publishing failed; retrying later", event_id=entry["id"])
                     break
                 PUBLISHED.labels(entry["event"]["type"]).inc()
                 done.append(entry)
@@ -106,38 +104,3 @@ class OutboxRelay:
         ) as span:
             span.set_attribute("messaging.message.id", event.id)
             await publish(self._broker, self._settings, TASKS_TOPIC, event)
-
-
-class ReminderScan:
-    """Emits task.due_soon.v1 once per due date, through the outbox."""
-
-    def __init__(self, store: TaskStore, settings: TasksSettings, relay: OutboxRelay) -> None:
-        self._store = store
-        self._settings = settings
-        self._relay = relay
-
-    async def run(self) -> None:
-        """Scan periodically until cancelled."""
-        while True:
-            try:
-                await self.scan()
-            except Exception:  # noqa: BLE001 - the scan outlives a bad round; it is logged
-                _log.exception("reminder scan failed")
-            # A periodic schedule, not a wait on a condition.
-            await asyncio.sleep(self._settings.reminder_interval_s)
-
-    async def scan(self) -> int:
-        """Claim and emit every owed reminder now due within the lead time."""
-        until = reminder_deadline(now_ms(), self._settings.reminder_lead_s)
-        sent = 0
-        for task_id in await self._store.reminder_candidates(until, 200):
-            if await self._store.claim_reminder(task_id, until, _due_soon):
-                sent += 1
-        if sent:
-            REMINDERS.inc(sent)
-            self._relay.wake()
-        return sent
-
-
-def _due_soon(task: Task) -> Envelope:
-    return new_event(TaskDueSoon(task=task.snapshot()), source=SOURCE, subject=task.owner)

@@ -1,35 +1,52 @@
-"""Lock documents: mutual exclusion between replicas on a database without transactions."""
+"""Lock documents: mutual exclusion between replicas on a database without transactions.
+
+A lock only spares contenders wasted work: every write it guards is still conditional on the
+version it read, so a holder that stalls past the TTL and loses its lock cannot overwrite a newer
+update (its write matches nothing and is retried).
+"""
 
 import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import structlog
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+log = structlog.get_logger(__name__)
 Doc = dict[str, Any]
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """The current time (aware, UTC)."""
+    return datetime.now(UTC)
 
 
 class DocLocks:
     """Mutual exclusion between processes via lock documents (a unique _id insert is atomic).
 
-    A holder that dies leaves its lock until `expires_at`; then others may take it over.
+    A holder that dies leaves its lock until `expires_at`; then others may take it over, deleting
+    it first. Locks nobody asks for again are removed by `sweep`.
     Within one process, contenders queue on an asyncio.Lock first, so at most one coroutine per
     process polls the database (SQLite has one writer: polling writes slow the holder down).
     """
 
-    def __init__(self, coll: AsyncCollection[Doc], *, enabled: bool = True) -> None:
-        self._coll = coll
+    def __init__(
+        self, coll: AsyncCollection[Doc], *, enabled: bool = True, clock: Clock = utcnow
+    ) -> None:
+        self._coll = self.collection = coll
         self.enabled = enabled
+        self._clock = clock
         self._local: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def _try(self, key: str, token: str, ttl_s: float) -> bool:
-        now = datetime.now(UTC)
+        now = self._clock()
         try:
             await self._coll.insert_one(
                 {"_id": key, "holder": token, "expires_at": now + timedelta(seconds=ttl_s)}
@@ -98,3 +115,24 @@ class DocLocks:
         finally:
             local.release()
             self._forget(key)
+
+    async def sweep(self, limit: int = 100) -> int:
+        """Delete up to `limit` expired locks that nobody took over; how many went."""
+        now = self._clock()
+        expired = self._coll.find({"expires_at": {"$lt": now}}, {"holder": 1}).limit(limit)
+        removed = 0
+        async for doc in expired:
+            # By holder too: a lock taken over since the find is someone's live lock.
+            result = await self._coll.delete_one({"_id": doc["_id"], "holder": doc["holder"]})
+            removed += result.deleted_count
+        return removed
+
+    async def sweep_forever(self, every_s: float = 60.0) -> None:
+        """Sweep periodically until cancelled."""
+        while True:
+            try:
+                await self.sweep()
+            except Exception:  # the sweep outlives a bad round; it is logged
+                log.exception("lock sweep failed")
+            # A periodic schedule, not a wait on a condition.
+            await asyncio.sleep(every_s)

@@ -1,19 +1,22 @@
-"""MongoDB access for tasks: documents, indexes, locked read-modify-write, outbox entries.
+"""MongoDB access for the tasks themselves: documents, indexes, version-checked writes.
 
 Only features FerretDB 1.24 and MongoDB share: no transactions, no change streams, no $lookup.
+The relay's side of the outbox is in outbox.py, the reminder claims in reminders.py.
 """
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, WriteConcern
+from pymongo import ASCENDING, DESCENDING, IndexModel, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect, DuplicateKeyError, OperationFailure
 
-from common.events import Envelope, Payload
+from common.events import Envelope
 from services.tasks.domain import (
     PRIORITY_RANK,
     RANK_PRIORITY,
@@ -27,12 +30,12 @@ from services.tasks.domain import (
     TaskStats,
     wants_reminder,
 )
-from services.tasks.locks import DocLocks
+from services.tasks.locks import Clock, DocLocks, utcnow
+from services.tasks.outbox import outbox_entry, with_event
 from services.tasks.queries import NO_DUE, SORT_INDEX, list_filter, list_sort
 
 Doc = dict[str, Any]
-Wrap = Callable[[Payload], Envelope]
-Mutation = Callable[[Task], tuple[Task, Payload | None]]
+
 INDEXES = [
     IndexModel([("owner", ASCENDING), ("status", ASCENDING)], name="owner_status"),
     # The _id suffix lets keyset pagination walk the index without an in-memory sort.
@@ -90,35 +93,42 @@ def from_doc(doc: Doc) -> Task:
     )
 
 
-def outbox_entry(event: Envelope) -> Doc:
-    """An outbox array element; the relay removes it by exact value after publishing."""
-    return {"id": event.id, "event": event.model_dump(mode="json")}
+@dataclass(frozen=True)
+class Stored:
+    """A live task as read for a write, with the stored state the write depends on."""
+
+    task: Task
+    reminded_for: datetime | None
+    outbox_size: int
 
 
 class TaskStore:
-    """The tasks collection and its lock documents."""
+    """The tasks collection and the write locks of its documents."""
 
     def __init__(
-        self, db: AsyncDatabase[Doc], *, locks: bool, lock_wait_s: float, outbox_max: int
+        self,
+        db: AsyncDatabase[Doc],
+        *,
+        locks: bool,
+        lock_wait_s: float,
+        outbox_max: int,
+        clock: Clock = utcnow,
     ) -> None:
         # Acknowledged means replicated to a majority: a failover cannot roll a write back.
         majority = WriteConcern(w="majority")
         self.tasks: AsyncCollection[Doc] = db.get_collection("tasks", write_concern=majority)
         lock_docs: AsyncCollection[Doc] = db.get_collection("locks", write_concern=majority)
-        self.locks = DocLocks(lock_docs, enabled=locks)
-        # Relay leases are wanted on MongoDB too: one replica publishes a task's outbox at a time.
-        self.leases = DocLocks(lock_docs)
-        self._wait = lock_wait_s
+        self.locks = DocLocks(lock_docs, enabled=locks, clock=clock)
+        self.lock_wait_s = lock_wait_s
         self._outbox_max = outbox_max
 
-    def _where(self, task_id: str, **read: Any) -> Doc:
-        """The filter of a write that must only apply to the state read.
-
-        Under a lock the state cannot change, so `_id` alone: the one filter FerretDB pushes
-        down (any other filter scans the whole collection). Without locks (MongoDB), the
-        conditions make the single-document update atomic compare-and-set.
-        """
-        return {"_id": task_id} if self.locks.enabled else {"_id": task_id, **read}
+    @asynccontextmanager
+    async def locked(self, task_id: str) -> AsyncIterator[None]:
+        """Hold the task's write lock, or raise BusyError if it stays taken too long."""
+        async with self.locks.hold(f"w:{task_id}", wait_s=self.lock_wait_s) as held:
+            if not held:
+                raise BusyError(f"{task_id}: lock wait timed out")
+            yield
 
     async def ensure_indexes(self) -> None:
         """Create the missing indexes; fail if one exists under our name with other keys.
@@ -175,6 +185,11 @@ class TaskStore:
         """The live task, or TaskNotFoundError."""
         return from_doc(await self._live(owner, task_id))
 
+    async def load(self, owner: str, task_id: str) -> Stored:
+        """The live task as read for a write, or TaskNotFoundError."""
+        doc = await self._live(owner, task_id)
+        return Stored(from_doc(doc), doc["reminded_for"], len(doc["outbox"]))
+
     async def _live(self, owner: str, task_id: str) -> Doc:
         # Filter on _id alone: the one filter FerretDB pushes down to its primary key.
         doc = await self.tasks.find_one({"_id": task_id})
@@ -182,49 +197,32 @@ class TaskStore:
             raise TaskNotFoundError(task_id)
         return doc
 
-    async def mutate(self, owner: str, task_id: str, change: Mutation, wrap: Wrap) -> Task:
-        """Apply `change` atomically with its event; retried when a concurrent write wins."""
-        async with self.locks.hold(f"w:{task_id}", wait_s=self._wait) as held:
-            if not held:
-                raise BusyError(f"{task_id}: lock wait timed out")
-            for _ in range(5):
-                doc = await self._live(owner, task_id)
-                before = from_doc(doc)
-                after, payload = change(before)
-                if payload is None:
-                    return before
-                if len(doc["outbox"]) >= self._outbox_max:
-                    raise BusyError(
-                        f"{task_id}: outbox full"
-                    )  # Kafka has been down long: push back, lose nothing
-                fields = to_doc(after)
-                fields.pop("_id")
-                fields["remind"] = wants_reminder(after, doc["reminded_for"])
-                if await self._write(doc, {"$set": fields}, wrap(payload)):
-                    return after
-        raise BusyError(f"{task_id}: kept losing to concurrent writes")
+    async def save(self, before: Stored, after: Task, event: Envelope) -> bool:
+        """Store `after` with its event unless the task changed since `before` was read."""
+        fields = to_doc(after)
+        fields.pop("_id")
+        fields["remind"] = wants_reminder(after, before.reminded_for)
+        return await self._write(before, {"$set": fields}, event)
 
-    async def delete(
-        self, owner: str, task_id: str, check: Callable[[Task], Payload], wrap: Wrap
-    ) -> None:
-        """Turn the task into a tombstone holding its deleted event; the relay removes it later."""
-        async with self.locks.hold(f"w:{task_id}", wait_s=self._wait) as held:
-            if not held:
-                raise BusyError(f"{task_id}: lock wait timed out")
-            for _ in range(5):
-                doc = await self._live(owner, task_id)
-                payload = check(from_doc(doc))
-                update = {"$set": {"deleted": True, "remind": False}, "$inc": {"version": 1}}
-                if await self._write(doc, update, wrap(payload)):
-                    return
-        raise BusyError(f"{task_id}: kept losing to concurrent writes")
+    async def bury(self, before: Stored, event: Envelope) -> bool:
+        """Make the task a tombstone holding its deleted event, unless it changed since read.
 
-    async def _write(self, doc: Doc, update: Doc, event: Envelope) -> bool:
-        """Conditional on the version read, so a concurrent writer can never be overwritten."""
-        update.setdefault("$set", {})["pending"] = True
-        update["$push"] = {"outbox": outbox_entry(event)}
-        where = self._where(doc["_id"], version=doc["version"], deleted=False)
-        result = await self.tasks.update_one(where, update)
+        The relay removes the tombstone once the event is published.
+        """
+        update = {"$set": {"deleted": True, "remind": False}, "$inc": {"version": 1}}
+        return await self._write(before, update, event)
+
+    async def _write(self, before: Stored, update: Doc, event: Envelope) -> bool:
+        """Conditional on the version read, so a concurrent writer can never be overwritten.
+
+        Also under a write lock: a holder that stalled past the lock's TTL finds a newer
+        version and matches nothing. FerretDB still pushes the `_id` part of the filter down.
+        """
+        if before.outbox_size >= self._outbox_max:
+            # Kafka has been down long: push back, lose nothing.
+            raise BusyError(f"{before.task.id}: outbox full")
+        where = {"_id": before.task.id, "version": before.task.version, "deleted": False}
+        result = await self.tasks.update_one(where, with_event(update, event))
         return result.modified_count == 1
 
     async def page(
@@ -258,75 +256,6 @@ class TaskStore:
         return TaskStats.model_validate(
             {"total": sum(by_status.values()), "by_status": by_status, "by_priority": by_priority}
         )
-
-    # --- outbox relay -------------------------------------------------------------------
-
-    async def pending_ids(self, limit: int) -> list[str]:
-        """Tasks whose outbox holds unpublished events."""
-        found = self.tasks.find({"pending": True}, {"_id": 1}).hint("outbox_pending").limit(limit)
-        return [doc["_id"] async for doc in found]
-
-    async def pending_events(self) -> int:
-        """How many events wait in every task's outbox (the backlog gauge)."""
-        total = 0
-        async for doc in self.tasks.find({"pending": True}, {"outbox": 1}).hint("outbox_pending"):
-            total += len(doc.get("outbox", []))
-        return total
-
-    async def outbox(self, task_id: str) -> list[Doc]:
-        """The task's unpublished events, oldest first."""
-        doc = await self.tasks.find_one({"_id": task_id}, {"outbox": 1})
-        return list(doc["outbox"]) if doc else []
-
-    async def remove_published(self, task_id: str, entries: list[Doc]) -> None:
-        """Drop exactly these entries; clear the flag or the tombstone once nothing is left."""
-        async with self.locks.hold(f"w:{task_id}", wait_s=self._wait) as held:
-            if not held:
-                return  # the entries stay and are published again: duplicates, never losses
-            doc = await self.tasks.find_one_and_update(
-                {"_id": task_id},
-                {"$pullAll": {"outbox": entries}},
-                return_document=ReturnDocument.AFTER,  # no projection: FerretDB 1.24 refuses it
-            )
-            if doc is None or doc["outbox"]:
-                return  # new events arrived meanwhile: the task stays pending
-            if doc["deleted"]:
-                where = self._where(task_id, outbox={"$size": 0}, deleted=True)
-                await self.tasks.delete_one(where)
-            elif doc["pending"]:
-                where = self._where(task_id, outbox={"$size": 0}, pending=True)
-                await self.tasks.update_one(where, {"$set": {"pending": False}})
-
-    # --- due-date reminders -------------------------------------------------------------
-
-    async def reminder_candidates(self, until: datetime, limit: int) -> list[str]:
-        """Tasks owed a reminder whose due date is at or before `until`."""
-        found = (
-            self.tasks.find({"remind": True, "due_at": {"$lte": until}}, {"_id": 1})
-            .hint("reminders")
-            .limit(limit)
-        )
-        return [doc["_id"] async for doc in found]
-
-    async def claim_reminder(
-        self, task_id: str, until: datetime, make: Callable[[Task], Envelope]
-    ) -> bool:
-        """Record the reminder and its event once; False if already sent or no longer due."""
-        async with self.locks.hold(f"w:{task_id}", wait_s=self._wait) as held:
-            if not held:
-                return False
-            doc = await self.tasks.find_one({"_id": task_id})
-            if doc is None or not doc["remind"] or doc["deleted"] or doc["due_at"] > until:
-                return False
-            event = make(from_doc(doc))
-            result = await self.tasks.update_one(
-                self._where(task_id, remind=True, due_at=doc["due_at"], version=doc["version"]),
-                {
-                    "$set": {"remind": False, "reminded_for": doc["due_at"], "pending": True},
-                    "$push": {"outbox": outbox_entry(event)},
-                },
-            )
-            return result.modified_count == 1
 
 
 def new_task_id() -> str:

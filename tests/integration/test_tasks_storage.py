@@ -3,27 +3,29 @@
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from functools import partial
 from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
 
-from common.events import TASKS_TOPIC, Envelope, Payload, TaskUpdated
+from common.events import TASKS_TOPIC, Envelope, TaskUpdated
 from common.infra import open_broker
 from services.tasks.domain import (
     ListQuery,
+    PreconditionFailedError,
     Task,
     TaskCreate,
     TaskPatch,
-    apply_patch,
-    new_task,
     now_ms,
 )
-from services.tasks.events import OutboxRelay, ReminderScan, wrap
+from services.tasks.events import OutboxRelay
+from services.tasks.locks import DocLocks, utcnow
+from services.tasks.outbox import OutboxStore
 from services.tasks.queries import SORT_INDEX, list_filter, list_sort
+from services.tasks.reminders import ReminderScan, ReminderStore
+from services.tasks.service import TaskService
 from services.tasks.settings import TasksSettings
-from services.tasks.storage import TaskStore, new_task_id
+from services.tasks.storage import Stored, TaskStore
 from tests.support.infra import KAFKA_BOOTSTRAP, MONGO_URL
 from tests.support.kafka import collect_events
 
@@ -56,26 +58,18 @@ async def store(settings: TasksSettings) -> AsyncIterator[TaskStore]:
         await client.close()
 
 
-async def _create(store: TaskStore, owner: str = "u1", **fields: Any) -> Task:
-    from common.events import TaskCreated  # noqa: PLC0415
+def _service(store: TaskStore) -> TaskService:
+    return TaskService(store, written=lambda: None)
 
+
+async def _create(store: TaskStore, owner: str = "u1", **fields: Any) -> Task:
     body = TaskCreate.model_validate({"title": "t", **fields})
-    task = new_task(new_task_id(), owner, body, now_ms())
-    stored, _ = await store.create(
-        task, wrap(TaskCreated(task=task.snapshot()), owner), idem_key=None, fingerprint="f"
-    )
+    stored, _ = await _service(store).create(owner, body, None)
     return stored
 
 
-def _wrap_for(owner: str, payload: Payload) -> Envelope:
-    return wrap(payload, owner)
-
-
-def _retitle(title: str) -> Any:
-    def change(task: Task) -> tuple[Task, Payload | None]:
-        return apply_patch(task, TaskPatch(title=title), now_ms())
-
-    return change
+async def _retitle(store: TaskStore, task: Task, title: str) -> Task:
+    return await _service(store).update(task.owner, task.id, TaskPatch(title=title), None)
 
 
 async def test_indexes_exist_with_the_declared_keys_and_creation_is_idempotent(
@@ -167,12 +161,7 @@ async def test_concurrent_writes_to_one_task_from_many_replicas_are_all_kept(
     ]
     try:
         results = await asyncio.gather(
-            *(
-                replicas[i % 4].mutate(
-                    "u1", task.id, _retitle(f"title {i}"), partial(_wrap_for, "u1")
-                )
-                for i in range(12)
-            )
+            *(_retitle(replicas[i % 4], task, f"title {i}") for i in range(12))
         )
     finally:
         for client in clients:
@@ -201,7 +190,8 @@ async def test_a_reminder_is_emitted_once_even_with_competing_scanners(
         def wake(self) -> None:
             """Nothing to wake in this test."""
 
-    scans = [ReminderScan(store, settings, _NoRelay()) for _ in range(3)]  # type: ignore[arg-type]
+    reminders = ReminderStore(store.tasks, store.locks, wait_s=10)
+    scans = [ReminderScan(reminders, settings, _NoRelay()) for _ in range(3)]
     sent = await asyncio.gather(*(scan.scan() for scan in scans))
     sent_again = await scans[0].scan()
 
@@ -223,12 +213,11 @@ async def test_competing_relays_publish_each_entry_once_in_order(
     tasks = [await _create(store, owner=f"user{i % 2}") for i in range(6)]
     for task in tasks:
         for n in range(2):
-            await store.mutate(
-                task.owner, task.id, _retitle(f"v{n}"), partial(_wrap_for, task.owner)
-            )
+            await _retitle(store, task, f"v{n}")
+    outbox = OutboxStore(store.tasks, store.locks, wait_s=10)
     async with open_broker(settings, [TASKS_TOPIC]) as broker:
-        relays = [OutboxRelay(store, broker, settings) for _ in range(3)]
-        while await store.pending_ids(100):
+        relays = [OutboxRelay(outbox, broker, settings) for _ in range(3)]
+        while await outbox.pending_ids(100):
             await asyncio.gather(*(relay.drain() for relay in relays))
 
     events = await collect_events(settings.topic(TASKS_TOPIC), lambda evs: len(evs) >= 18)
@@ -244,3 +233,94 @@ async def test_competing_relays_publish_each_entry_once_in_order(
         {"$or": [{"pending": True}, {"outbox": {"$size": 1}}]}
     ).to_list()
     assert leftovers == []
+
+
+class _StallingStore(TaskStore):
+    """A replica whose first write stalls, lock held, until `resume` is set."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stalled, self.resume = asyncio.Event(), asyncio.Event()
+
+    async def save(self, before: Stored, after: Task, event: Envelope) -> bool:
+        if not self.resume.is_set():
+            self.stalled.set()
+            await self.resume.wait()
+        return await super().save(before, after, event)
+
+
+async def _overtaken(
+    store: TaskStore, settings: TasksSettings, patch: TaskPatch, if_match: str | None
+) -> tuple[Task, "asyncio.Task[Task]", Client, Client]:
+    """Replica A reads a task and stalls past its lock's TTL; replica B then takes the lock
+    over and changes the priority. Returns B's result and A's pending update."""
+    task = await _create(store)
+    clients: list[Client] = [AsyncMongoClient(settings.mongo_url, tz_aware=True) for _ in range(2)]
+    slow = _StallingStore(clients[0][settings.mongo_db], locks=True, lock_wait_s=10, outbox_max=500)
+    # B's clock is past A's 10 s lock TTL: for B, A's lock has expired.
+    late = TaskStore(
+        clients[1][settings.mongo_db],
+        locks=True,
+        lock_wait_s=10,
+        outbox_max=500,
+        clock=lambda: utcnow() + timedelta(seconds=11),
+    )
+    first = asyncio.create_task(_service(slow).update("u1", task.id, patch, if_match))
+    await slow.stalled.wait()
+    second = await _service(late).update("u1", task.id, TaskPatch(priority="high"), None)
+    slow.resume.set()
+    return second, first, clients[0], clients[1]
+
+
+async def test_a_holder_stalled_past_the_lock_ttl_cannot_overwrite_a_newer_update(
+    store: TaskStore, settings: TasksSettings
+) -> None:
+    second, first, *clients = await _overtaken(store, settings, TaskPatch(title="from A"), None)
+    try:
+        stalled = await first
+    finally:
+        for client in clients:
+            await client.close()
+    assert second.version == 2
+    # A's write found version 2, not the 1 it read: it matched nothing and A read again.
+    assert (stalled.version, stalled.title, stalled.priority) == (3, "from A", "high")
+    doc = await store.tasks.find_one({"_id": stalled.id})
+    assert doc is not None
+    assert (doc["version"], doc["title"], doc["priority"]) == (3, "from A", 2)
+    events = [Envelope.model_validate(e["event"]) for e in doc["outbox"]]
+    assert [e.payload().model_dump()["task"]["version"] for e in events] == [1, 2, 3]
+    assert [e.data.get("changed") for e in events[1:]] == [["priority"], ["title"]]
+    # The lock B took over was deleted first, and both holders released theirs.
+    assert await store.locks.collection.count_documents({}) == 0
+
+
+async def test_a_stalled_conditional_update_is_refused_once_overtaken(
+    store: TaskStore, settings: TasksSettings
+) -> None:
+    second, first, *clients = await _overtaken(store, settings, TaskPatch(title="A"), '"1"')
+    try:
+        with pytest.raises(PreconditionFailedError):
+            await first
+    finally:
+        for client in clients:
+            await client.close()
+    doc = await store.tasks.find_one({"_id": second.id})
+    assert doc is not None
+    assert (doc["version"], doc["title"], doc["priority"]) == (2, "t", 2)
+    assert len(doc["outbox"]) == 2
+
+
+async def test_expired_locks_nobody_takes_over_are_swept(store: TaskStore) -> None:
+    # A holder that dies while holding: entered, never exited (kept referenced, or the
+    # garbage collector would close it and release the lock).
+    crashed = DocLocks(store.locks.collection).hold("w:crashed")
+    assert await crashed.__aenter__() is True
+    async with store.locks.hold("w:live", ttl_s=60) as held:
+        assert held
+        # Eleven seconds on: past the crashed holder's 10 s TTL, within the live one's 60 s.
+        later = DocLocks(store.locks.collection, clock=lambda: utcnow() + timedelta(seconds=11))
+        assert await later.sweep() == 1
+        left = [doc["_id"] async for doc in store.locks.collection.find({})]
+        assert left == ["w:live"]
+        assert await later.sweep() == 0
+    del crashed

@@ -1,0 +1,134 @@
+"""The tasks use cases: load, apply the domain rule, save with its event.
+
+Calls run one way: api -> service -> storage. Each write holds the task's write lock (contention
+only) and is conditional on the version it read (correctness); a lost race is read again.
+"""
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Protocol
+
+from common.events import Envelope, TaskCreated, TaskDeleted
+from services.tasks.domain import (
+    BusyError,
+    CursorPosition,
+    ListQuery,
+    PreconditionFailedError,
+    Task,
+    TaskCreate,
+    TaskPatch,
+    TaskStats,
+    apply_patch,
+    if_match_ok,
+    new_task,
+    now_ms,
+)
+from services.tasks.events import wrap
+from services.tasks.storage import Stored, new_task_id
+
+ATTEMPTS = 5
+
+
+class TaskStorage(Protocol):
+    """What the service needs of the task store."""
+
+    def locked(self, task_id: str) -> AbstractAsyncContextManager[None]:
+        """Hold the task's write lock (BusyError if it stays taken)."""
+
+    async def create(
+        self, task: Task, event: Envelope, *, idem_key: str | None, fingerprint: str
+    ) -> tuple[Task, bool]:
+        """Insert the task with its event; (stored task, replayed)."""
+
+    async def get(self, owner: str, task_id: str) -> Task:
+        """The live task."""
+
+    async def load(self, owner: str, task_id: str) -> Stored:
+        """The live task as read for a write."""
+
+    async def save(self, before: Stored, after: Task, event: Envelope) -> bool:
+        """Store `after` with its event; False if the task changed since `before`."""
+
+    async def bury(self, before: Stored, event: Envelope) -> bool:
+        """Tombstone the task with its event; False if it changed since `before`."""
+
+    async def page(
+        self, owner: str, query: ListQuery, after: CursorPosition | None
+    ) -> tuple[list[Task], CursorPosition | None]:
+        """One page and the position after it."""
+
+    async def stats(self, owner: str) -> TaskStats:
+        """The owner's counts."""
+
+
+class TaskService:
+    """Task reads and writes for one verified owner at a time."""
+
+    def __init__(
+        self,
+        store: TaskStorage,
+        *,
+        written: Callable[[], None],
+        clock: Callable[[], datetime] = now_ms,
+    ) -> None:
+        self._store = store
+        self._written = written  # wakes the outbox relay
+        self._clock = clock
+
+    async def create(self, owner: str, body: TaskCreate, idem_key: str | None) -> tuple[Task, bool]:
+        """A new task; (the first result, True) for an Idempotency-Key retry."""
+        task = new_task(new_task_id(), owner, body, self._clock())
+        event = wrap(TaskCreated(task=task.snapshot()), owner)
+        stored = await self._store.create(
+            task, event, idem_key=idem_key, fingerprint=body.fingerprint()
+        )
+        self._written()
+        return stored
+
+    async def get(self, owner: str, task_id: str) -> Task:
+        """The owner's task (TaskNotFoundError otherwise)."""
+        return await self._store.get(owner, task_id)
+
+    async def page(
+        self, owner: str, query: ListQuery, after: CursorPosition | None
+    ) -> tuple[list[Task], CursorPosition | None]:
+        """One page of the owner's tasks, and where the next one starts."""
+        return await self._store.page(owner, query, after)
+
+    async def stats(self, owner: str) -> TaskStats:
+        """Counts of the owner's tasks."""
+        return await self._store.stats(owner)
+
+    async def update(
+        self, owner: str, task_id: str, patch: TaskPatch, if_match: str | None
+    ) -> Task:
+        """Apply the patch; PreconditionFailedError when If-Match names another version."""
+        async with self._store.locked(task_id):
+            for _ in range(ATTEMPTS):
+                before = await self._store.load(owner, task_id)
+                _check(if_match, before.task)
+                after, payload = apply_patch(before.task, patch, self._clock())
+                if payload is None:
+                    return before.task  # nothing changed: no new version, no event
+                if await self._store.save(before, after, wrap(payload, owner)):
+                    self._written()
+                    return after
+        raise BusyError(f"{task_id}: kept losing to concurrent writes")
+
+    async def delete(self, owner: str, task_id: str, if_match: str | None) -> None:
+        """Delete the task; PreconditionFailedError when If-Match names another version."""
+        async with self._store.locked(task_id):
+            for _ in range(ATTEMPTS):
+                before = await self._store.load(owner, task_id)
+                _check(if_match, before.task)
+                event = wrap(TaskDeleted(task_id=task_id, owner=owner), owner)
+                if await self._store.bury(before, event):
+                    self._written()
+                    return
+        raise BusyError(f"{task_id}: kept losing to concurrent writes")
+
+
+def _check(if_match: str | None, task: Task) -> None:
+    if not if_match_ok(if_match, task.version):
+        raise PreconditionFailedError(task.id)
