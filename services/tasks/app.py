@@ -18,8 +18,7 @@ from services.tasks.api import (
     install_task_error_handlers,
     router,
 )
-from services.tasks.events import OutboxRelay
-from services.tasks.outbox import OutboxStore
+from services.tasks.events import outbox_relay
 from services.tasks.reminders import ReminderScan, ReminderStore
 from services.tasks.service import TaskService
 from services.tasks.settings import TasksSettings
@@ -48,10 +47,7 @@ def create_app(settings: TasksSettings) -> FastAPI:
                 outbox_max=settings.outbox_max,
             )
             await store.ensure_indexes()
-            wait_s = settings.lock_wait_s
-            relay = OutboxRelay(
-                OutboxStore(store.tasks, store.locks, wait_s=wait_s), broker, settings
-            )
+            relay = outbox_relay(store.tasks, store.locks, broker, settings)
             verifier = TokenVerifier(
                 jwks_source(settings.static_jwks(), http, settings.jwks_url),
                 issuer=settings.jwt_issuer,
@@ -68,7 +64,7 @@ def create_app(settings: TasksSettings) -> FastAPI:
             if settings.relay_enabled:
                 loops.append(relay.run())
             if settings.reminders_enabled:
-                reminders = ReminderStore(store.tasks, store.locks, wait_s=wait_s)
+                reminders = ReminderStore(store.tasks, store.locks, wait_s=settings.lock_wait_s)
                 loops.append(ReminderScan(reminders, settings, relay).run())
             for loop in loops:
                 stack.push_async_callback(_stop, asyncio.create_task(loop))

@@ -64,12 +64,6 @@ class BusyError(TaskError):
     """The task is locked by a concurrent writer for too long, or its outbox is full."""
 
 
-def now_ms() -> datetime:
-    """The current time at the millisecond precision BSON dates keep (round trips exactly)."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
 def _to_ms(value: datetime | None) -> datetime | None:
     if value is None:
         return None

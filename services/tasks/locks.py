@@ -9,30 +9,32 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import structlog
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+from common.clock import Clock, utcnow
+
 log = structlog.get_logger(__name__)
 Doc = dict[str, Any]
-Clock = Callable[[], datetime]
 
 
-def utcnow() -> datetime:
-    """The current time (aware, UTC)."""
-    return datetime.now(UTC)
+def write_key(task_id: str) -> str:
+    """The lock every writer of a task document holds (the API, reminder claims, the relay)."""
+    return f"w:{task_id}"
 
 
 class DocLocks:
     """Mutual exclusion between processes via lock documents (a unique _id insert is atomic).
 
     A holder that dies leaves its lock until `expires_at`; then others may take it over, deleting
-    it first. Locks nobody asks for again are removed by `sweep`.
+    it first. Locks nobody asks for again are removed by `sweep` (and so are the relay's leases,
+    which live in the same collection).
     Within one process, contenders queue on an asyncio.Lock first, so at most one coroutine per
     process polls the database (SQLite has one writer: polling writes slow the holder down).
     """

@@ -9,11 +9,12 @@ import structlog
 from prometheus_client import Counter
 from pymongo.asynchronous.collection import AsyncCollection
 
+from common.clock import utcnow
 from common.events import Envelope, TaskDueSoon, new_event
-from services.tasks.domain import Task, now_ms, reminder_deadline
-from services.tasks.events import SOURCE
-from services.tasks.locks import DocLocks
-from services.tasks.outbox import with_event
+from common.outbox import push
+from services.tasks.domain import Task, reminder_deadline
+from services.tasks.events import SOURCE, task_entry
+from services.tasks.locks import DocLocks, write_key
 from services.tasks.settings import TasksSettings
 from services.tasks.storage import from_doc
 
@@ -41,7 +42,7 @@ class ReminderStore:
 
     async def claim(self, task_id: str, until: datetime, make: Callable[[Task], Envelope]) -> bool:
         """Record the reminder and its event once; False if already sent or no longer due."""
-        async with self._locks.hold(f"w:{task_id}", wait_s=self._wait) as held:
+        async with self._locks.hold(write_key(task_id), wait_s=self._wait) as held:
             if not held:
                 return False
             doc = await self._tasks.find_one({"_id": task_id})
@@ -50,7 +51,7 @@ class ReminderStore:
             where = {"_id": task_id, "remind": True, "due_at": doc["due_at"]}
             update = {"$set": {"remind": False, "reminded_for": doc["due_at"]}}
             result = await self._tasks.update_one(
-                where | {"version": doc["version"]}, with_event(update, make(from_doc(doc)))
+                where | {"version": doc["version"]}, push(update, task_entry(make(from_doc(doc))))
             )
             return result.modified_count == 1
 
@@ -92,7 +93,7 @@ class ReminderScan:
 
     async def scan(self) -> int:
         """Claim and emit every owed reminder now due within the lead time."""
-        until = reminder_deadline(now_ms(), self._settings.reminder_lead_s)
+        until = reminder_deadline(utcnow(), self._settings.reminder_lead_s)
         sent = 0
         for task_id in await self._store.candidates(until, 200):
             if await self._store.claim(task_id, until, _due_soon):

@@ -6,9 +6,9 @@ only) and is conditional on the version it read (correctness); a lost race is re
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
 from typing import Protocol
 
+from common.clock import Clock, utcnow
 from common.events import Envelope, TaskCreated, TaskDeleted
 from services.tasks.domain import (
     BusyError,
@@ -22,7 +22,6 @@ from services.tasks.domain import (
     apply_patch,
     if_match_ok,
     new_task,
-    now_ms,
 )
 from services.tasks.events import wrap
 from services.tasks.storage import Stored, new_task_id
@@ -70,7 +69,7 @@ class TaskService:
         store: TaskStorage,
         *,
         written: Callable[[], None],
-        clock: Callable[[], datetime] = now_ms,
+        clock: Clock = utcnow,
     ) -> None:
         self._store = store
         self._written = written  # wakes the outbox relay

@@ -1,7 +1,8 @@
 """MongoDB access for the tasks themselves: documents, indexes, version-checked writes.
 
 Only features FerretDB 1.24 and MongoDB share: no transactions, no change streams, no $lookup.
-The relay's side of the outbox is in outbox.py, the reminder claims in reminders.py.
+Events ride in the task document (common.outbox, relayed by events.py); reminder claims are in
+reminders.py.
 """
 
 from collections.abc import AsyncIterator
@@ -16,7 +17,9 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect, DuplicateKeyError, OperationFailure
 
+from common.clock import Clock, utcnow
 from common.events import Envelope
+from common.outbox import PENDING, push, with_entries
 from services.tasks.domain import (
     PRIORITY_RANK,
     RANK_PRIORITY,
@@ -30,8 +33,8 @@ from services.tasks.domain import (
     TaskStats,
     wants_reminder,
 )
-from services.tasks.locks import Clock, DocLocks, utcnow
-from services.tasks.outbox import outbox_entry, with_event
+from services.tasks.events import task_entry
+from services.tasks.locks import DocLocks, write_key
 from services.tasks.queries import NO_DUE, SORT_INDEX, list_filter, list_sort
 
 Doc = dict[str, Any]
@@ -51,9 +54,11 @@ INDEXES = [
         [("owner", ASCENDING), ("due_at", ASCENDING), ("_id", ASCENDING)], name="owner_due_at"
     ),
     IndexModel([("owner", ASCENDING), ("idem", ASCENDING)], name="owner_idem", unique=True),
-    IndexModel([("pending", ASCENDING)], name="outbox_pending"),
+    IndexModel([(PENDING, ASCENDING)], name="outbox_pending"),
     IndexModel([("remind", ASCENDING), ("due_at", ASCENDING)], name="reminders"),
 ]
+# Dropped at start-up: the index of the outbox mark before tasks used common.outbox.
+LEGACY_INDEXES = {"outbox_pending": [("pending", 1)]}
 
 
 def to_doc(task: Task) -> Doc:
@@ -125,7 +130,7 @@ class TaskStore:
     @asynccontextmanager
     async def locked(self, task_id: str) -> AsyncIterator[None]:
         """Hold the task's write lock, or raise BusyError if it stays taken too long."""
-        async with self.locks.hold(f"w:{task_id}", wait_s=self.lock_wait_s) as held:
+        async with self.locks.hold(write_key(task_id), wait_s=self.lock_wait_s) as held:
             if not held:
                 raise BusyError(f"{task_id}: lock wait timed out")
             yield
@@ -141,6 +146,10 @@ class TaskStore:
             existing = {
                 ix["name"]: list(ix["key"].items()) async for ix in await self.tasks.list_indexes()
             }
+            legacy = [n for n, keys in LEGACY_INDEXES.items() if existing.get(n) == keys]
+            for name in legacy:
+                await self.tasks.drop_index(name)
+                del existing[name]
             wrong = [n for n in wanted if n in existing and existing[n] != wanted[n]]
             if wrong:
                 raise RuntimeError(f"indexes {wrong} exist with other keys; drop them first")
@@ -163,11 +172,9 @@ class TaskStore:
             "fp": fingerprint,
             "remind": wants_reminder(task, None),
             "reminded_for": None,
-            "outbox": [outbox_entry(event)],
-            "pending": True,
         }
         try:
-            await self.tasks.insert_one(doc)
+            await self.tasks.insert_one(with_entries(doc, task_entry(event)))
         except DuplicateKeyError:
             if not idem_key:
                 raise
@@ -222,7 +229,7 @@ class TaskStore:
             # Kafka has been down long: push back, lose nothing.
             raise BusyError(f"{before.task.id}: outbox full")
         where = {"_id": before.task.id, "version": before.task.version, "deleted": False}
-        result = await self.tasks.update_one(where, with_event(update, event))
+        result = await self.tasks.update_one(where, push(update, task_entry(event)))
         return result.modified_count == 1
 
     async def page(

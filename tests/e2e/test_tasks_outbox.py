@@ -7,6 +7,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from common.events import TASKS_TOPIC
+from common.outbox import PENDING
 from tests.support.infra import MONGO_URL
 from tests.support.tasks import eventually, read_topic, tasks_process
 from tests.support.tokens import SigningKey
@@ -54,7 +55,7 @@ async def test_sigkill_with_unpublished_outbox_entries_loses_nothing(prefix: str
         relay.wait_ready()
 
         async def drained() -> bool:
-            left = await tasks.count_documents({"$or": [{"pending": True}, {"deleted": True}]})
+            left = await tasks.count_documents({"$or": [{PENDING: True}, {"deleted": True}]})
             return left == 0
 
         await eventually(drained)

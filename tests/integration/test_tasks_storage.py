@@ -8,19 +8,19 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
+from common.clock import utcnow
 from common.events import TASKS_TOPIC, Envelope, TaskUpdated
 from common.infra import open_broker
+from common.outbox import PENDING
 from services.tasks.domain import (
     ListQuery,
     PreconditionFailedError,
     Task,
     TaskCreate,
     TaskPatch,
-    now_ms,
 )
-from services.tasks.events import OutboxRelay
-from services.tasks.locks import DocLocks, utcnow
-from services.tasks.outbox import OutboxStore
+from services.tasks.events import outbox_relay
+from services.tasks.locks import DocLocks
 from services.tasks.queries import SORT_INDEX, list_filter, list_sort
 from services.tasks.reminders import ReminderScan, ReminderStore
 from services.tasks.service import TaskService
@@ -87,9 +87,17 @@ async def test_indexes_exist_with_the_declared_keys_and_creation_is_idempotent(
         "owner_created_at": ([("owner", 1), ("created_at", -1), ("_id", -1)], False),
         "owner_due_at": ([("owner", 1), ("due_at", 1), ("_id", 1)], False),
         "owner_idem": ([("owner", 1), ("idem", 1)], True),
-        "outbox_pending": ([("pending", 1)], False),
+        "outbox_pending": ([("outbox_pending", 1)], False),
         "reminders": ([("remind", 1), ("due_at", 1)], False),
     }
+
+
+async def test_the_outbox_index_of_the_former_pending_mark_is_replaced(store: TaskStore) -> None:
+    await store.tasks.drop_index("outbox_pending")
+    await store.tasks.create_index([("pending", 1)], name="outbox_pending")  # as it was
+    await store.ensure_indexes()
+    found = {ix["name"]: list(ix["key"].items()) async for ix in await store.tasks.list_indexes()}
+    assert found["outbox_pending"] == [(PENDING, 1)]
 
 
 @pytest.mark.parametrize("sort", ["-created_at", "created_at", "due_at", "-due_at", "priority"])
@@ -179,8 +187,8 @@ async def test_concurrent_writes_to_one_task_from_many_replicas_are_all_kept(
 async def test_a_reminder_is_emitted_once_even_with_competing_scanners(
     store: TaskStore, settings: TasksSettings
 ) -> None:
-    soon = (now_ms() + timedelta(minutes=30)).isoformat()
-    later = (now_ms() + timedelta(days=3)).isoformat()
+    soon = (utcnow() + timedelta(minutes=30)).isoformat()
+    later = (utcnow() + timedelta(days=3)).isoformat()
     due = await _create(store, due_at=soon)
     await _create(store, due_at=later)
     await _create(store, due_at=soon, status="done")
@@ -214,10 +222,9 @@ async def test_competing_relays_publish_each_entry_once_in_order(
     for task in tasks:
         for n in range(2):
             await _retitle(store, task, f"v{n}")
-    outbox = OutboxStore(store.tasks, store.locks, wait_s=10)
     async with open_broker(settings, [TASKS_TOPIC]) as broker:
-        relays = [OutboxRelay(outbox, broker, settings) for _ in range(3)]
-        while await outbox.pending_ids(100):
+        relays = [outbox_relay(store.tasks, store.locks, broker, settings) for _ in range(3)]
+        while await store.tasks.count_documents({PENDING: True}):
             await asyncio.gather(*(relay.drain() for relay in relays))
 
     events = await collect_events(settings.topic(TASKS_TOPIC), lambda evs: len(evs) >= 18)
@@ -230,7 +237,7 @@ async def test_competing_relays_publish_each_entry_once_in_order(
         assert [e.payload().model_dump()["task"]["version"] for e in mine] == [1, 2, 3]
         assert isinstance(mine[-1].payload(), TaskUpdated)
     leftovers = await store.tasks.find(
-        {"$or": [{"pending": True}, {"outbox": {"$size": 1}}]}
+        {"$or": [{PENDING: True}, {"outbox": {"$size": 1}}]}
     ).to_list()
     assert leftovers == []
 
