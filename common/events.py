@@ -18,6 +18,10 @@ NOTIFIER_DLQ_TOPIC = "taskbus.notifier.dlq"
 
 TaskStatus = Literal["todo", "in_progress", "done"]
 TaskPriority = Literal["low", "medium", "high", "urgent"]
+# Why sessions were revoked (user.sessions_revoked.v1 `reason`, auth's stored `revoked_reason`).
+RevokeReason = Literal[
+    "logout", "logout_all", "password_changed", "refresh_reuse", "password_reset"
+]
 
 
 class Payload(BaseModel):
@@ -61,7 +65,7 @@ class SessionsRevoked(Payload):
     user_id: str
     session_ids: tuple[str, ...] = ()
     revoked_before: AwareDatetime
-    reason: Literal["logout", "logout_all", "password_changed", "refresh_reuse", "password_reset"]
+    reason: RevokeReason
 
 
 class TaskSnapshot(BaseModel):

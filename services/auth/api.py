@@ -8,8 +8,11 @@ import structlog
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
+from common.clock import utcnow
 from common.events import PasswordResetRequested, UserRegistered
 from common.problems import ProblemError
+from services.auth.cookies import clear_cookie, set_cookie
+from services.auth.deps import CallerDep, Deps, DepsDep, bearer, get_caller, unauthorized
 from services.auth.domain import (
     AuthFailedError,
     EmailTakenError,
@@ -26,6 +29,8 @@ from services.auth.domain import (
     normalize_email,
     parse_refresh_token,
 )
+from services.auth.events import queued, revoked_event
+from services.auth.grants import issue_pair, open_session, user_out
 from services.auth.schemas import (
     REFRESH_COOKIE,
     Accepted,
@@ -38,22 +43,6 @@ from services.auth.schemas import (
     ResetConfirmIn,
     ResetIn,
     UserOut,
-)
-from services.auth.sessions import (
-    CallerDep,
-    Deps,
-    DepsDep,
-    bearer,
-    clear_cookie,
-    get_caller,
-    issue_pair,
-    open_session,
-    queued,
-    revoked_event,
-    set_cookie,
-    unauthorized,
-    user_out,
-    utcnow,
 )
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -75,10 +64,10 @@ async def register(body: RegisterIn, response: Response, deps: DepsDep) -> AuthO
     )
     event = queued(UserRegistered(user_id=user.id, email=email, name=user.name), user.id)
     try:
-        await deps.store.insert_user(user, event)
+        await deps.users.insert(user, event)
     except EmailTakenError:
         raise ProblemError(409, "email is already registered", extra=_field("email")) from None
-    deps.relay.kick()
+    deps.relay.wake()
     pair = await open_session(deps, user, now)
     set_cookie(response, pair, deps.settings)
     return AuthOut(**pair.model_dump(), user=user_out(user))
@@ -111,7 +100,7 @@ async def _check_login(deps: Deps, email: str, password: str) -> User:
     retry_after = await deps.throttle.retry_after(email)
     if retry_after:
         raise ThrottledError(retry_after)
-    user = await deps.store.user_by_email(email)
+    user = await deps.users.by_email(email)
     matched = await deps.passwords.verify(user.password_hash if user else None, password)
     if not matched or user is None:
         await deps.throttle.failed(email)
@@ -119,7 +108,7 @@ async def _check_login(deps: Deps, email: str, password: str) -> User:
     await deps.throttle.succeeded(email)
     if deps.passwords.needs_rehash(user.password_hash):
         new_hash = await deps.passwords.hash(password)
-        await deps.store.replace_hash(user.id, user.password_hash, new_hash)
+        await deps.users.replace_hash(user.id, user.password_hash, new_hash)
     return user
 
 
@@ -141,23 +130,23 @@ async def refresh(
         raise unauthorized() from None
     for _ in range(3):  # a lost compare-and-set race re-reads the family and judges again
         now = utcnow()
-        session = await deps.store.session(session_id)
-        user = await deps.store.user(session.user_id) if session else None
+        session = await deps.sessions.get(session_id)
+        user = await deps.users.get(session.user_id) if session else None
         if session is None or user is None:
             raise unauthorized()
         verdict = judge_refresh(session, presented, user, now, deps.settings.refresh_grace_s)
         if verdict is RefreshVerdict.REUSE:
             event = revoked_event(user.id, "refresh_reuse", now, session.id)
-            if await deps.store.revoke(session.id, "refresh_reuse", now, event):
-                deps.relay.kick()
+            if await deps.sessions.revoke(session.id, "refresh_reuse", now, event):
+                deps.relay.wake()
             raise unauthorized()
         if verdict is RefreshVerdict.REJECT:
             raise unauthorized()
         token, token_hash = new_refresh_token(session.id)
         if verdict is RefreshVerdict.ROTATE:
-            done = await deps.store.rotate(session, token_hash, now)
+            done = await deps.sessions.rotate(session, token_hash, now)
         else:
-            done = await deps.store.regrant(session, token_hash)
+            done = await deps.sessions.regrant(session, token_hash)
         if done:
             pair = issue_pair(deps, user, session.id, token, now)
             set_cookie(response, pair, deps.settings)
@@ -179,10 +168,10 @@ async def logout(
     else:
         user_id, session_id = await _refresh_owner(deps, _presented_refresh(body, request))
     now = utcnow()
-    if await deps.store.revoke(
+    if await deps.sessions.revoke(
         session_id, "logout", now, revoked_event(user_id, "logout", now, session_id)
     ):
-        deps.relay.kick()
+        deps.relay.wake()
     response = Response(status_code=204)
     clear_cookie(response)
     return response
@@ -194,8 +183,8 @@ async def _refresh_owner(deps: Deps, token: str) -> tuple[str, str]:
         session_id, presented = parse_refresh_token(token)
     except AuthFailedError:
         raise unauthorized() from None
-    session = await deps.store.session(session_id)
-    user = await deps.store.user(session.user_id) if session else None
+    session = await deps.sessions.get(session_id)
+    user = await deps.users.get(session.user_id) if session else None
     if session is None or user is None:
         raise unauthorized()
     verdict = judge_refresh(session, presented, user, utcnow(), deps.settings.refresh_grace_s)
@@ -208,10 +197,10 @@ async def _refresh_owner(deps: Deps, token: str) -> tuple[str, str]:
 async def logout_all(caller: CallerDep, deps: DepsDep) -> Response:
     """End every session of the caller, on every device."""
     now = utcnow()
-    await deps.store.revoke_all(
-        caller.user.id, now, revoked_event(caller.user.id, "logout_all", now)
-    )
-    deps.relay.kick()
+    event = revoked_event(caller.user.id, "logout_all", now)
+    await deps.users.revoke_sessions(caller.user.id, now, event)
+    deps.relay.wake()
+    await deps.sessions.mark_revoked_before(caller.user.id, now)
     response = Response(status_code=204)
     clear_cookie(response)
     return response
@@ -235,13 +224,13 @@ async def update_me(
         new_hash = await deps.passwords.hash(body.new_password)
         now = utcnow()
         event = revoked_event(user.id, "password_changed", now)
-        changed = await deps.store.change_password(user.id, new_hash, now, event)
+        changed = await deps.users.change_password(user.id, new_hash, now, event)
         if changed is None:
             raise unauthorized()
-        deps.relay.kick()
+        deps.relay.wake()
         user = changed
     if body.name is not None:
-        user = await deps.store.rename(user.id, body.name) or user
+        user = await deps.users.rename(user.id, body.name) or user
     tokens = None
     if body.new_password is not None:
         tokens = await open_session(deps, user, utcnow())
@@ -278,7 +267,7 @@ def _policy(password: str, email: str, field: str) -> None:
 async def request_reset(body: ResetIn, deps: DepsDep) -> Accepted:
     """Mail a reset link if the account exists; the answer never says whether it does."""
     email = normalize_email(body.email)
-    user = await deps.store.user_by_email(email)
+    user = await deps.users.by_email(email)
     if user is not None:
         now = utcnow()
         token, token_hash = new_reset_token()
@@ -287,8 +276,8 @@ async def request_reset(body: ResetIn, deps: DepsDep) -> Accepted:
             user_id=user.id, email=user.email, name=user.name, reset_token=token, expires_at=expires
         )
         event = queued(payload, user.id)
-        await deps.store.set_reset(user.id, token_hash, expires, now, event)
-        deps.relay.kick()
+        await deps.users.set_reset(user.id, token_hash, expires, now, event)
+        deps.relay.wake()
     return Accepted()
 
 
@@ -297,15 +286,15 @@ async def confirm_reset(body: ResetConfirmIn, deps: DepsDep) -> Response:
     """Set a new password with a single-use reset token; every session is revoked."""
     now = utcnow()
     token_hash = hash_secret(body.token)
-    user = await deps.store.user_by_reset(token_hash, now)
+    user = await deps.users.by_reset(token_hash, now)
     if user is None:
         raise unauthorized()
     _policy(body.new_password, user.email, "new_password")
     new_hash = await deps.passwords.hash(body.new_password)
     event = revoked_event(user.id, "password_reset", now)
-    if not await deps.store.consume_reset(user.id, token_hash, new_hash, now, event):
+    if not await deps.users.consume_reset(user.id, token_hash, new_hash, now, event):
         raise unauthorized()
-    deps.relay.kick()
+    deps.relay.wake()
     await deps.throttle.succeeded(user.email)
     return Response(status_code=204)
 

@@ -17,16 +17,19 @@ from common.infra import open_broker, open_mongo, open_redis, ping_kafka, ping_m
 from common.limits import BodyLimit
 from common.problems import install_problem_handlers, problem_response
 from services.auth.api import jwks_router, router
+from services.auth.deps import Deps
 from services.auth.domain import Passwords
-from services.auth.events import OutboxRelay
+from services.auth.events import outbox_relay
 from services.auth.keys import KeyRing, generate_key, load_key, parse_key_ring
-from services.auth.sessions import Deps
+from services.auth.keys_store import MongoDevKeys
+from services.auth.sessions_store import MongoSessions
 from services.auth.settings import AuthSettings
-from services.auth.storage import AuthStore
+from services.auth.stores import DevKeyStore
 from services.auth.throttle import LoginThrottle
+from services.auth.users import MongoUsers
 
 
-async def load_keys(settings: AuthSettings, store: AuthStore) -> KeyRing:
+async def load_keys(settings: AuthSettings, store: DevKeyStore) -> KeyRing:
     """The configured key ring; outside production, a development key shared through Mongo.
 
     Replicas must sign with the same key or the JWKS one serves would not verify another's tokens;
@@ -51,9 +54,11 @@ def create_app(settings: AuthSettings) -> FastAPI:
             mongo = await stack.enter_async_context(open_mongo(settings))
             redis = await stack.enter_async_context(open_redis(settings))
             broker = await stack.enter_async_context(open_broker(settings, [USERS_TOPIC]))
-            store = AuthStore(mongo, settings.mongo_db)
-            await store.ensure_indexes()
-            relay = OutboxRelay(store, broker, settings, settings.relay_poll_s)
+            db = mongo[settings.mongo_db]
+            users, sessions = MongoUsers(db), MongoSessions(db)
+            await users.ensure_indexes()
+            await sessions.ensure_indexes()
+            relay = outbox_relay(db, users, sessions, broker, settings)
             passwords = Passwords(
                 memory_kib=settings.argon2_memory_kib,
                 time_cost=settings.argon2_time_cost,
@@ -61,10 +66,11 @@ def create_app(settings: AuthSettings) -> FastAPI:
                 concurrency=settings.argon2_concurrency,
             )
             await passwords.dummy_hash()  # so the first unknown-email login costs no extra hash
-            keys = await load_keys(settings, store)
+            keys = await load_keys(settings, MongoDevKeys(db))
             app.state.deps = Deps(
                 settings=settings,
-                store=store,
+                users=users,
+                sessions=sessions,
                 passwords=passwords,
                 throttle=LoginThrottle(
                     redis,

@@ -7,15 +7,11 @@ import hmac
 import secrets
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, Literal
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from common.events import Payload, new_event
-
-EVENT_SOURCE = "/taskbus/auth"
 PASSWORD_MIN = 8
 PASSWORD_MAX = 128
 # Spent refresh tokens remembered per family for reuse detection; older ones are merely unknown.
@@ -160,17 +156,6 @@ def login_backoff_s(failures: int, free_attempts: int, cap_s: int) -> int:
     if failures < free_attempts:
         return 0
     return int(min(cap_s, 2 ** (failures - free_attempts)))
-
-
-def outbox_entry(payload: Payload, subject: str, traceparent: str | None = None) -> dict[str, Any]:
-    """An event ready for the single-document outbox (the relay publishes it later)."""
-    event = new_event(payload, source=EVENT_SOURCE, subject=subject, traceparent=traceparent)
-    return {"id": event.id, "topic": payload.topic, "json": event.model_dump_json()}
-
-
-RevokeReason = Literal[
-    "logout", "logout_all", "password_changed", "refresh_reuse", "password_reset"
-]
 
 
 class Passwords:

@@ -1,89 +1,61 @@
-"""The outbox relay: publishes what users and sessions queued, then removes it.
+"""The events auth publishes, queued in outboxes, and the relay that publishes them.
 
 Auth only publishes (user.registered, password_reset_requested, sessions_revoked on the users
 topic); it subscribes to nothing. Delivery is at least once: a crash between the broker's ack and
 the removal republishes the same event id, which consumers deduplicate.
 """
 
-import asyncio
-import contextlib
-import logging
-from datetime import UTC, datetime
-from typing import Any
+import functools
+from datetime import datetime
 
 from faststream.kafka import KafkaBroker
-from opentelemetry.instrumentation.utils import suppress_instrumentation
-from pydantic import ValidationError
-from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 
-from common.events import Envelope
+from common.events import Payload, RevokeReason, SessionsRevoked, new_event
 from common.kafka import publish
-from common.metrics import BacklogGauge
-from common.settings import ServiceSettings
-from services.auth.storage import AuthStore, Doc
+from common.outbox import Doc, OutboxEntry, OutboxRelay, entry
+from common.telemetry import current_traceparent
+from services.auth.sessions_store import MongoSessions
+from services.auth.settings import AuthSettings
+from services.auth.users import MongoUsers
 
-log = logging.getLogger(__name__)
-_RETRY_AFTER_ERROR_S = 2.0
+EVENT_SOURCE = "/taskbus/auth"
 
 
-class OutboxRelay:
-    """Background task of the auth process; `kick()` after a write makes it run at once."""
+def queued(payload: Payload, user_id: str) -> OutboxEntry:
+    """An outbox entry carrying the current request's trace, keyed by the user."""
+    event = new_event(
+        payload, source=EVENT_SOURCE, subject=user_id, traceparent=current_traceparent()
+    )
+    return entry(payload.topic, event)
 
-    def __init__(
-        self, store: AuthStore, broker: KafkaBroker, settings: ServiceSettings, poll_s: float
-    ) -> None:
-        self._store = store
-        self._broker = broker
-        self._settings = settings
-        self._poll_s = poll_s
-        self._wake = asyncio.Event()
-        self._backlog = BacklogGauge("auth", store.pending_events)
 
-    def kick(self) -> None:
-        """Ask for a pass now (a request just queued an event)."""
-        self._wake.set()
+def revoked_event(user_id: str, reason: RevokeReason, now: datetime, *sids: str) -> OutboxEntry:
+    """A user.sessions_revoked outbox entry: the named sessions, or all of them when none is named.
 
-    async def run(self) -> None:
-        """Drain, then sleep until kicked or the poll interval passes (crash leftovers)."""
-        while True:
-            self._wake.clear()
-            try:
-                await self.drain()
-                timeout = self._poll_s
-            except Exception:
-                log.exception("outbox relay pass failed")
-                timeout = _RETRY_AFTER_ERROR_S
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+    Access tokens carry whole-second `iat`s and the gateway refuses `iat < revoked_before`, so a
+    user-wide cut-off is rounded down: a token issued right after it, in the same second (the new
+    login after logout-all, the replacement session of a password change), must stay valid.
+    """
+    before = now if sids else now.replace(microsecond=0)
+    payload = SessionsRevoked(
+        user_id=user_id, session_ids=sids, revoked_before=before, reason=reason
+    )
+    return queued(payload, user_id)
 
-    async def drain(self) -> int:
-        """Publish every pending event; returns how many were published."""
-        published = 0
-        # The relay's own claims and removals would be a root trace per poll; each publish
-        # still runs in the trace of the request that wrote the event (common.kafka.publish).
-        with suppress_instrumentation():
-            await self._backlog.refresh()
-            for collection in (self._store.users, self._store.sessions):
-                while doc := await self._store.claim_outbox(collection, datetime.now(UTC)):
-                    published += await self._publish(collection, doc)
-        return published
 
-    async def _publish(self, collection: AsyncCollection[dict[str, Any]], doc: Doc) -> int:
-        done: list[Doc] = []
-        try:
-            for entry in doc.get("outbox", []):
-                event = Envelope.model_validate_json(entry["json"])
-                await publish(self._broker, self._settings, entry["topic"], event)
-                done.append(entry)
-        except (ValidationError, KeyError):
-            # A malformed entry must not starve the others: this document keeps its lease (retried
-            # after it expires) and the pass moves on.
-            log.exception("undeliverable outbox entry in %s/%s", collection.name, doc["_id"])
-            await self._store.release_outbox(collection, doc["_id"], done, keep_lease=True)
-            return len(done)
-        except BaseException:
-            # Kafka trouble: drop what did go out and the lease, so the retry is prompt.
-            await self._store.release_outbox(collection, doc["_id"], done)
-            raise
-        await self._store.release_outbox(collection, doc["_id"], done)
-        return len(done)
+def outbox_relay(
+    db: AsyncDatabase[Doc],
+    users: MongoUsers,
+    sessions: MongoSessions,
+    broker: KafkaBroker,
+    settings: AuthSettings,
+) -> OutboxRelay:
+    """The relay over the users' and sessions' outboxes, publishing to Kafka."""
+    return OutboxRelay(
+        [users.outbox_source(), sessions.outbox_source()],
+        functools.partial(publish, broker, settings),
+        db["outbox_leases"],
+        service="auth",
+        interval_s=settings.relay_poll_s,
+    )

@@ -3,7 +3,7 @@
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -12,6 +12,7 @@ from jwt import PyJWK
 from jwt.algorithms import RSAAlgorithm
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from common.clock import utcnow
 from common.tokens import ALGORITHM, TokenVerifier
 
 RSA_KEY_BITS = 2048
@@ -94,7 +95,7 @@ class _RingKeys:
 
     async def key(self, kid: str) -> PyJWK | None:
         """The public key with this id while it is published."""
-        published = {key.kid for key in self._ring.published(datetime.now(UTC))}
+        published = {key.kid for key in self._ring.published(utcnow())}
         return self._keys.get(kid) if kid in published else None
 
 

@@ -2,18 +2,24 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from faststream.kafka import KafkaBroker
+from pymongo.asynchronous.database import AsyncDatabase
 
 from common.events import USERS_TOPIC, UserRegistered
 from common.infra import MongoClient, open_broker, open_mongo, open_redis
-from services.auth.domain import Session, User, new_id, new_refresh_token, outbox_entry
-from services.auth.events import OutboxRelay
+from common.outbox import PENDING, OutboxRelay
+from services.auth.domain import Session, User, new_id, new_refresh_token
+from services.auth.events import outbox_relay, queued
+from services.auth.keys_store import MongoDevKeys
+from services.auth.sessions_store import MongoSessions
 from services.auth.settings import AuthSettings
-from services.auth.storage import AuthStore
 from services.auth.throttle import LoginThrottle
+from services.auth.users import MongoUsers
 from tests.support.infra import KAFKA_BOOTSTRAP, MONGO_URL, REDIS_URL
 from tests.support.kafka import collect_events
 
@@ -39,10 +45,24 @@ async def mongo(settings: AuthSettings) -> AsyncIterator[MongoClient]:
         await client.drop_database(settings.mongo_db)
 
 
+@dataclass
+class Store:
+    """The auth collections as the service builds them."""
+
+    db: AsyncDatabase[dict[str, Any]]
+    users: MongoUsers
+    sessions: MongoSessions
+
+    def relay(self, broker: KafkaBroker, settings: AuthSettings) -> OutboxRelay:
+        return outbox_relay(self.db, self.users, self.sessions, broker, settings)
+
+
 @pytest.fixture
-async def store(mongo: MongoClient, settings: AuthSettings) -> AuthStore:
-    store = AuthStore(mongo, settings.mongo_db)
-    await store.ensure_indexes()
+async def store(mongo: MongoClient, settings: AuthSettings) -> Store:
+    db = mongo[settings.mongo_db]
+    store = Store(db, MongoUsers(db), MongoSessions(db))
+    await store.users.ensure_indexes()
+    await store.sessions.ensure_indexes()
     return store
 
 
@@ -52,32 +72,32 @@ async def broker(settings: AuthSettings) -> AsyncIterator[KafkaBroker]:
         yield started
 
 
-async def _user_with_pending_event(store: AuthStore) -> tuple[User, str]:
+async def _user_with_pending_event(store: Store) -> tuple[User, str]:
     """A user written with its event but never relayed: what a crash after the write leaves."""
     now = datetime.now(UTC)
     user = User(
         id=new_id(), email=f"{new_id()}@example.com", name="N", password_hash="x", created_at=now
     )
-    entry = outbox_entry(UserRegistered(user_id=user.id, email=user.email, name="N"), user.id)
-    await store.insert_user(user, entry)
+    entry = queued(UserRegistered(user_id=user.id, email=user.email, name="N"), user.id)
+    await store.users.insert(user, entry)
     return user, entry["id"]
 
 
 async def test_relay_publishes_a_leftover_event_once_and_removes_it(
-    store: AuthStore, broker: KafkaBroker, settings: AuthSettings
+    store: Store, broker: KafkaBroker, settings: AuthSettings
 ) -> None:
     user, event_id = await _user_with_pending_event(store)
-    relay = OutboxRelay(store, broker, settings, poll_s=1.0)
-    assert await store.pending_events() == 1
+    relay = store.relay(broker, settings)
+    assert await relay.pending_events() == 1
 
     assert await relay.drain() == 1
     assert await relay.drain() == 0
-    assert await store.pending_events() == 0
-    doc = await store.users.find_one({"_id": user.id})
+    assert await relay.pending_events() == 0
+    doc = await store.users.collection.find_one({"_id": user.id})
     assert doc is not None
     assert doc["outbox"] == []
-    assert "outbox_at" not in doc
-    assert "outbox_lease" not in doc
+    assert PENDING not in doc
+    assert await store.db["outbox_leases"].count_documents({"doc": user.id}) == 0
 
     events = await collect_events(
         settings.topic(USERS_TOPIC), lambda evs: any(e.id == event_id for e in evs)
@@ -87,10 +107,10 @@ async def test_relay_publishes_a_leftover_event_once_and_removes_it(
 
 
 async def test_concurrent_relay_passes_never_publish_the_same_event(
-    store: AuthStore, broker: KafkaBroker, settings: AuthSettings
+    store: Store, broker: KafkaBroker, settings: AuthSettings
 ) -> None:
     ids = [(await _user_with_pending_event(store))[1] for _ in range(6)]
-    relays = [OutboxRelay(store, broker, settings, poll_s=1.0) for _ in range(2)]
+    relays = [store.relay(broker, settings) for _ in range(2)]
 
     counts = await asyncio.gather(*(relay.drain() for relay in relays))
 
@@ -99,7 +119,7 @@ async def test_concurrent_relay_passes_never_publish_the_same_event(
     assert sorted(e.id for e in events) == sorted(ids)
 
 
-async def test_only_one_of_two_concurrent_rotations_wins(store: AuthStore) -> None:
+async def test_only_one_of_two_concurrent_rotations_wins(store: Store) -> None:
     """FerretDB alone lets both conditional updates succeed; the store's document lock does not."""
     now = datetime.now(UTC)
     session_id = new_id()
@@ -111,15 +131,15 @@ async def test_only_one_of_two_concurrent_rotations_wins(store: AuthStore) -> No
         created_at=now,
         expires_at=now + timedelta(days=1),
     )
-    await store.insert_session(session)
+    await store.sessions.insert(session)
 
     results = await asyncio.gather(
-        store.rotate(session, new_refresh_token(session_id)[1], now),
-        store.rotate(session, new_refresh_token(session_id)[1], now),
+        store.sessions.rotate(session, new_refresh_token(session_id)[1], now),
+        store.sessions.rotate(session, new_refresh_token(session_id)[1], now),
     )
 
     assert sorted(results) == [False, True]
-    stored = await store.session(session_id)
+    stored = await store.sessions.get(session_id)
     assert stored is not None
     assert stored.previous_hash == first_hash
 
@@ -127,7 +147,7 @@ async def test_only_one_of_two_concurrent_rotations_wins(store: AuthStore) -> No
 async def test_replicas_agree_on_one_development_key(
     mongo: MongoClient, settings: AuthSettings
 ) -> None:
-    replicas = [AuthStore(mongo, settings.mongo_db) for _ in range(2)]
+    replicas = [MongoDevKeys(mongo[settings.mongo_db]) for _ in range(2)]
     proposals = [("kid-a", "pem-a"), ("kid-b", "pem-b")]
 
     chosen = await asyncio.gather(
@@ -154,14 +174,14 @@ async def test_login_backoff_is_capped_and_cleared_by_success(settings: AuthSett
 
 
 async def test_a_malformed_entry_does_not_hold_up_the_others(
-    store: AuthStore, broker: KafkaBroker, settings: AuthSettings
+    store: Store, broker: KafkaBroker, settings: AuthSettings
 ) -> None:
     poisoned, _ = await _user_with_pending_event(store)
-    await store.users.update_one(
+    await store.users.collection.update_one(
         {"_id": poisoned.id}, {"$set": {"outbox": [{"id": "bad", "topic": USERS_TOPIC}]}}
     )
     _, good_id = await _user_with_pending_event(store)
-    relay = OutboxRelay(store, broker, settings, poll_s=1.0)
+    relay = store.relay(broker, settings)
 
     assert await relay.drain() == 1
 
@@ -169,20 +189,20 @@ async def test_a_malformed_entry_does_not_hold_up_the_others(
         settings.topic(USERS_TOPIC), lambda evs: any(e.id == good_id for e in evs)
     )
     assert [e.id for e in events] == [good_id]
-    doc = await store.users.find_one({"_id": poisoned.id})
+    doc = await store.users.collection.find_one({"_id": poisoned.id})
     assert doc is not None
     assert doc["outbox"] == [{"id": "bad", "topic": USERS_TOPIC}]
-    assert "outbox_lease" in doc
+    assert await store.db["outbox_leases"].count_documents({"doc": poisoned.id}) == 1
 
 
-async def test_an_expired_reset_token_is_neither_found_nor_spendable(store: AuthStore) -> None:
+async def test_an_expired_reset_token_is_neither_found_nor_spendable(store: Store) -> None:
     user, _ = await _user_with_pending_event(store)
     now = datetime.now(UTC)
-    entry = outbox_entry(UserRegistered(user_id=user.id, email=user.email, name="N"), user.id)
-    await store.set_reset(user.id, "hash-1", now - timedelta(seconds=1), now, entry)
+    entry = queued(UserRegistered(user_id=user.id, email=user.email, name="N"), user.id)
+    await store.users.set_reset(user.id, "hash-1", now - timedelta(seconds=1), now, entry)
 
-    assert await store.user_by_reset("hash-1", now) is None
-    assert not await store.consume_reset(user.id, "hash-1", "new-hash", now, entry)
-    stored = await store.user(user.id)
+    assert await store.users.by_reset("hash-1", now) is None
+    assert not await store.users.consume_reset(user.id, "hash-1", "new-hash", now, entry)
+    stored = await store.users.get(user.id)
     assert stored is not None
     assert stored.password_hash == "x"
