@@ -6,7 +6,7 @@ reminders.py.
 """
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -146,10 +146,7 @@ class TaskStore:
             existing = {
                 ix["name"]: list(ix["key"].items()) async for ix in await self.tasks.list_indexes()
             }
-            legacy = [n for n, keys in LEGACY_INDEXES.items() if existing.get(n) == keys]
-            for name in legacy:
-                await self.tasks.drop_index(name)
-                del existing[name]
+            await self._drop_legacy(existing)
             wrong = [n for n in wanted if n in existing and existing[n] != wanted[n]]
             if wrong:
                 raise RuntimeError(f"indexes {wrong} exist with other keys; drop them first")
@@ -161,6 +158,14 @@ class TaskStore:
             except (OperationFailure, AutoReconnect):
                 if attempt == 2:
                     raise
+
+    async def _drop_legacy(self, existing: dict[str, list[Any]]) -> None:
+        for name, keys in LEGACY_INDEXES.items():
+            if existing.get(name) == keys:
+                # A replica starting at the same time may have dropped it first.
+                with suppress(OperationFailure):
+                    await self.tasks.drop_index(name)
+                del existing[name]
 
     async def create(
         self, task: Task, event: Envelope, *, idem_key: str | None, fingerprint: str
