@@ -11,6 +11,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from common.events import RevokeReason
 from common.outbox import PENDING, OutboxEntry, OutboxSource, push
+from services.auth import legacy_outbox
 from services.auth.domain import SPENT_REMEMBERED, Session
 from services.auth.locked import LockedCollection
 
@@ -25,9 +26,10 @@ class MongoSessions:
         self.collection = self._docs.collection
 
     async def ensure_indexes(self) -> None:
-        """Lookups by owner and of pending outboxes."""
+        """Lookups by owner and of pending outboxes (old ones upgraded)."""
         await self.collection.create_index("user_id")
         await self.collection.create_index(PENDING)
+        await legacy_outbox.upgrade(self._docs)
 
     def outbox_source(self) -> OutboxSource:
         """The collection as the outbox relay visits it."""

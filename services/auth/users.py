@@ -12,6 +12,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from common.outbox import PENDING, OutboxEntry, OutboxSource, push, with_entries
+from services.auth import legacy_outbox
 from services.auth.domain import EmailTakenError, User
 from services.auth.locked import LockedCollection
 
@@ -30,10 +31,11 @@ class MongoUsers:
         self.collection = self._docs.collection
 
     async def ensure_indexes(self) -> None:
-        """Unique emails; lookups by reset token and of pending outboxes."""
+        """Unique emails; lookups by reset token and of pending outboxes (old ones upgraded)."""
         await self.collection.create_index("email", unique=True)
         await self.collection.create_index("reset.token_hash")
         await self.collection.create_index(PENDING)
+        await legacy_outbox.upgrade(self._docs)
 
     def outbox_source(self) -> OutboxSource:
         """The collection as the outbox relay visits it."""

@@ -10,7 +10,7 @@ import pytest
 from faststream.kafka import KafkaBroker
 from pymongo.asynchronous.database import AsyncDatabase
 
-from common.events import USERS_TOPIC, UserRegistered
+from common.events import USERS_TOPIC, UserRegistered, new_event
 from common.infra import MongoClient, open_broker, open_mongo, open_redis
 from common.outbox import PENDING, OutboxRelay
 from services.auth.domain import Session, User, new_id, new_refresh_token
@@ -206,3 +206,30 @@ async def test_an_expired_reset_token_is_neither_found_nor_spendable(store: Stor
     stored = await store.users.get(user.id)
     assert stored is not None
     assert stored.password_hash == "x"
+
+
+async def test_an_outbox_left_in_the_old_layout_is_upgraded_and_relayed(
+    mongo: MongoClient, broker: KafkaBroker, settings: AuthSettings
+) -> None:
+    db = mongo[settings.mongo_db]
+    payload = UserRegistered(user_id="u1", email="u1@example.com", name="N")
+    event = new_event(payload, source="/taskbus/auth", subject="u1")
+    old = {"id": event.id, "topic": USERS_TOPIC, "json": event.model_dump_json()}
+    await db["users"].create_index("outbox_at")
+    await db["users"].insert_one(
+        {"_id": "u1", "email": "u1@example.com", "outbox": [old], "outbox_at": datetime.now(UTC)}
+    )
+    store = Store(db, MongoUsers(db), MongoSessions(db))
+
+    await store.users.ensure_indexes()
+
+    doc = await store.users.collection.find_one({"_id": "u1"})
+    assert doc is not None
+    assert "outbox_at" not in doc
+    assert doc[PENDING] is True
+    assert "outbox_at_1" not in await store.users.collection.index_information()
+    assert await store.relay(broker, settings).drain() == 1
+    events = await collect_events(
+        settings.topic(USERS_TOPIC), lambda evs: any(e.id == event.id for e in evs)
+    )
+    assert [e.id for e in events] == [event.id]
