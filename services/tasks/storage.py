@@ -203,7 +203,8 @@ class TaskStore:
         return Stored(from_doc(doc), doc["reminded_for"], len(doc["outbox"]))
 
     async def _live(self, owner: str, task_id: str) -> Doc:
-        # Filter on _id alone: the one filter FerretDB pushes down to its primary key.
+        # FerretDB 1.24 fetches by _id whatever else the filter holds; ownership is checked
+        # here so that a miss and another user's task look the same (404, never 403).
         doc = await self.tasks.find_one({"_id": task_id})
         if doc is None or doc["owner"] != owner or doc["deleted"]:
             raise TaskNotFoundError(task_id)
