@@ -124,11 +124,10 @@ class Leases:
             try:
                 await self._coll.insert_one(lease | {"holder": token})
             except DuplicateKeyError:
-                current = await self._coll.find_one({"_id": key})
-                if current is not None and current["expires_at"] > now:
+                # An expired lease is free: remove it (if it still is expired) and try again.
+                stale = await self._coll.delete_one({"_id": key, "expires_at": {"$lte": now}})
+                if not stale.deleted_count:
                     return None
-                if current is not None:
-                    await self._coll.delete_one({"_id": key, "holder": current["holder"]})
                 continue
             return token
         return None

@@ -141,14 +141,14 @@ async def test_a_failed_publish_stops_the_document_and_keeps_the_rest_in_order(
 
     assert await relay.drain() == 2
 
-    assert publisher.ids() == [ids[0], *other]
+    assert sorted(publisher.ids()) == sorted([ids[0], *other])  # documents go concurrently
     doc = await db["users"].find_one({"_id": "u1"})
     assert doc is not None
     assert [e["id"] for e in doc[OUTBOX]] == ids[1:]
     assert doc[PENDING] is True
     publisher.failing = set()
     assert await relay.drain() == 2  # a failed publish released the lease: retried at once
-    assert publisher.ids() == [ids[0], *other, *ids[1:]]
+    assert [i for i in publisher.ids() if i in ids] == ids
 
 
 async def test_a_lease_holds_off_other_relays_until_it_expires(db: AsyncDatabase[Doc]) -> None:
