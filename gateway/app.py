@@ -27,6 +27,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.proxy import Upstreams, open_session
 from gateway.reply import problem, send_reply
+from gateway.routes import TABLE
 from gateway.settings import GatewaySettings
 
 JWKS_TIMEOUT_S = 5.0
@@ -49,7 +50,7 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Dispatch one ASGI event."""
-        if scope["type"] == "http" and _proxied(scope["path"]):
+        if scope["type"] == "http" and TABLE.proxied(scope["path"]):
             pipeline = self._parts.pipeline
             if pipeline is None:
                 await send_reply(send, problem(503, "starting up", scope["path"]), [])
@@ -57,10 +58,6 @@ class Gateway:
             await pipeline(scope, receive, send)
             return
         await self._rest(scope, receive, send)
-
-
-def _proxied(path: str) -> bool:
-    return path.startswith("/api/") or path in {"/api", "/.well-known/jwks.json"}
 
 
 def create_app(settings: GatewaySettings) -> ASGIApp:

@@ -1,7 +1,6 @@
-"""JWT at the edge: which routes are public, and access tokens verified once then cached."""
+"""JWT at the edge: access tokens verified once then cached, and revocations recorded."""
 
 import time
-from collections.abc import Iterable
 
 import aiohttp
 import jwt
@@ -11,19 +10,6 @@ from common.events import SessionsRevoked
 from common.tokens import AccessClaims, KeysUnavailableError, TokenError, TokenVerifier
 
 UNAUTHORIZED_DETAIL = "a valid access token is required"
-
-
-class PublicRoutes:
-    """Paths that need no token: exact matches, or prefixes when configured with a trailing /."""
-
-    def __init__(self, paths: Iterable[str]) -> None:
-        paths = tuple(paths)
-        self._exact = frozenset(path for path in paths if not path.endswith("/"))
-        self._prefixes = tuple(path for path in paths if path.endswith("/"))
-
-    def __contains__(self, path: object) -> bool:
-        """True if `path` is public."""
-        return isinstance(path, str) and (path in self._exact or path.startswith(self._prefixes))
 
 
 class EdgeVerifier:

@@ -29,13 +29,6 @@ class RouteTemplate:
     path: str
 
 
-ROUTE_TEMPLATES = {
-    "auth": RouteTemplate("/api/auth/*"),
-    "tasks": RouteTemplate("/api/tasks*"),
-    "notifier": RouteTemplate("/api/notifications*"),
-}
-
-
 class Metrics:
     """The hot path's counters, with label children resolved once."""
 

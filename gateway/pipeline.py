@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
 from common.tokens import AccessClaims, KeysUnavailableError, TokenError
-from gateway.auth import UNAUTHORIZED_DETAIL, EdgeVerifier, PublicRoutes
+from gateway.auth import UNAUTHORIZED_DETAIL, EdgeVerifier
 from gateway.cache import (
     ResponseCache,
     bump_generation,
@@ -23,8 +23,8 @@ from gateway.cache import (
 )
 from gateway.gate import Gate, GateResult, Identity
 from gateway.headers import header
-from gateway.metrics import ROUTE_TEMPLATES, Metrics
-from gateway.proxy import Upstreams, route_for
+from gateway.metrics import Metrics
+from gateway.proxy import Upstreams
 from gateway.ratelimit import (
     TrustedProxies,
     checks_for,
@@ -35,6 +35,7 @@ from gateway.ratelimit import (
     retry_after,
 )
 from gateway.reply import Header, Reply, problem, send_reply
+from gateway.routes import TABLE, Route
 from gateway.settings import GatewaySettings, LimitScope
 
 log = structlog.get_logger(__name__)
@@ -78,12 +79,10 @@ class Pipeline:
         self._cache = cache
         self._upstreams = upstreams
         self._metrics = metrics
-        self._public = PublicRoutes(settings.public_paths)
         self._proxies = TrustedProxies(settings.trusted_proxies)
         scopes: tuple[LimitScope, ...] = ("login", "public", "api")
         self._policies = {s: policies_for(settings.rate_limits, s) for s in scopes}
         self._last_outage_log = float("-inf")
-        self._cache_prefixes = tuple(settings.cache_prefixes)
         self._vary = tuple(name.lower().encode() for name in settings.cache_vary)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -91,7 +90,7 @@ class Pipeline:
         given = header(scope, b"x-request-id")
         request_id = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex.encode()
         extra: list[Header] = [(b"x-request-id", request_id)]
-        route = route_for(scope["path"])
+        route = TABLE.match(scope["path"])
         try:
             if route is None:
                 reply = problem(404, "no such route", scope["path"])
@@ -100,22 +99,21 @@ class Pipeline:
                 # may make a service resolve it to somewhere else.
                 reply = problem(400, "dot segments are not allowed in the path", scope["path"])
             else:
-                scope["route"] = ROUTE_TEMPLATES[route]  # the RED metrics' route label
+                scope["route"] = route.template  # the RED metrics' route label
                 reply = await self._handle(route, scope, receive, extra)
         except ClientGoneError:
             return
         await send_reply(send, reply, extra, head=scope["method"] == "HEAD")
 
     async def _handle(
-        self, route: str, scope: Scope, receive: Receive, extra: list[Header]
+        self, route: Route, scope: Scope, receive: Receive, extra: list[Header]
     ) -> Reply:
         path, method = scope["path"], scope["method"]
         body = await read_body(scope, receive, self._settings.max_body_bytes)
         if body is None:
             return problem(413, f"body exceeds {self._settings.max_body_bytes} bytes", path)
         claims: AccessClaims | None = None
-        public = path in self._public
-        if not public:
+        if not route.public:
             try:
                 claims = await self._verifier.verify(header(scope, b"authorization"))
             except TokenError:
@@ -124,12 +122,14 @@ class Pipeline:
                 return problem(503, "token keys unavailable", path, {"Retry-After": "5"})
         peer = scope["client"][0] if scope.get("client") else "0.0.0.0"
         ip = self._proxies.client_ip(peer, header(scope, b"x-forwarded-for"))
-        gate, refusal = await self._pass_gate(scope, body, claims, ip, extra)
+        gate, refusal = await self._pass_gate(
+            route, scope, body=body, claims=claims, ip=ip, extra=extra
+        )
         if refusal is not None:
             return refusal
         headers = upstream_headers(scope["headers"], extra[0][1], ip, scope.get("scheme", "http"))
         target = request_target(scope)
-        if method == "GET" and claims and gate and self._cacheable(scope):
+        if method == "GET" and claims and gate and route.cacheable and _revalidates(scope):
             return await self._cached(
                 scope,
                 route=route,
@@ -139,7 +139,7 @@ class Pipeline:
                 gate=gate,
                 extra=extra,
             )
-        reply = await self._upstreams.forward(route, method, target, headers, body)
+        reply = await self._upstreams.forward(route.upstream, method, target, headers, body)
         extra.append((b"x-cache", b"BYPASS"))
         self._metrics.cache("bypass")
         if claims and method not in _SAFE_METHODS and 200 <= reply.status < 300:
@@ -148,7 +148,9 @@ class Pipeline:
 
     async def _pass_gate(
         self,
+        route: Route,
         scope: Scope,
+        *,
         body: bytes,
         claims: AccessClaims | None,
         ip: str,
@@ -156,9 +158,7 @@ class Pipeline:
     ) -> tuple[GateResult | None, Reply | None]:
         """Revocation and rate limits in one Redis call; a refusal reply, or None to go on."""
         path = scope["path"]
-        limit_scope: LimitScope = "api" if claims else "public"
-        if scope["method"] == "POST" and path == self._settings.login_path:
-            limit_scope = "login"
+        limit_scope = route.limit_scope(scope["method"])
         account = login_account(body) if limit_scope == "login" else None
         user = claims.sub if claims else None
         checks = checks_for(self._policies[limit_scope], ip=ip, user=user, account=account)
@@ -192,17 +192,11 @@ class Pipeline:
             self._last_outage_log = now
             log.warning("redis unavailable", failure_mode=mode, error=str(exc))
 
-    def _cacheable(self, scope: Scope) -> bool:
-        if not scope["path"].startswith(self._cache_prefixes):
-            return False
-        control = (header(scope, b"cache-control") or b"").lower()
-        return b"no-cache" not in control and b"no-store" not in control
-
     async def _cached(
         self,
         scope: Scope,
         *,
-        route: str,
+        route: Route,
         target: str,
         headers: list[Header],
         claims: AccessClaims,
@@ -218,7 +212,9 @@ class Pipeline:
             unconditional = [(k, v) for k, v in headers if k not in _CONDITIONAL]
 
             async def fill() -> Reply:
-                fresh = await self._upstreams.forward(route, "GET", target, unconditional, b"")
+                fresh = await self._upstreams.forward(
+                    route.upstream, "GET", target, unconditional, b""
+                )
                 if not storable(fresh, self._vary, self._settings.cache_max_body_bytes):
                     return fresh
                 fresh = with_validator(fresh)
@@ -243,6 +239,12 @@ class Pipeline:
             await bump_generation(self._redis, self._settings.redis_prefix, user)
         except RedisError as exc:
             log.warning("cache invalidation failed", user=user, error=str(exc))
+
+
+def _revalidates(scope: Scope) -> bool:
+    """False if the client asks for a fresh answer (no-cache) or none stored (no-store)."""
+    control = (header(scope, b"cache-control") or b"").lower()
+    return b"no-cache" not in control and b"no-store" not in control
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:

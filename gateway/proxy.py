@@ -38,17 +38,6 @@ _RESPONSE_DROP = frozenset(
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
-def route_for(path: str) -> str | None:
-    """Which upstream serves `path` (services serve their full public paths)."""
-    if path.startswith("/api/auth/") or path == "/.well-known/jwks.json":
-        return "auth"
-    if path == "/api/tasks" or path.startswith("/api/tasks/"):
-        return "tasks"
-    if path == "/api/notifications" or path.startswith("/api/notifications/"):
-        return "notifier"
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class Upstream:
     """One service: its base URL and the deadline of a whole exchange with it."""

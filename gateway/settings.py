@@ -18,7 +18,8 @@ class LimitPolicy(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9-]{1,40}$")
     limit: int = Field(gt=0)
     window_s: int = Field(gt=0)
-    # login: POST to the login route; public: other routes needing no token; api: the rest.
+    # login: POST to the login route; public: other routes needing no token; api: the rest
+    # (which route is which: gateway/routes.py).
     scope: LimitScope
     # ip: the client address; user: the token's subject; account: the login body's email.
     key: LimitKey
@@ -53,17 +54,6 @@ class GatewaySettings(ServiceSettings):
     token_cache_size: int = 10_000
     # Longest access-token lifetime auth issues: how long a revocation must be remembered.
     max_token_lifetime_s: int = 3600
-    # Routes that need no token (exact paths, or prefixes when ending in "/").
-    public_paths: tuple[str, ...] = (
-        "/api/auth/register",
-        "/api/auth/login",
-        "/api/auth/refresh",
-        "/api/auth/logout",
-        "/api/auth/password-reset/",
-        "/api/auth/password-reset",
-        "/.well-known/jwks.json",
-    )
-    login_path: str = "/api/auth/login"
     rate_limits: tuple[LimitPolicy, ...] = DEFAULT_POLICIES
     # When Redis cannot be reached: "open" admits (limits and revocation unchecked, cache
     # bypassed), "closed" answers 503. Open keeps the API up; closed keeps the guarantees.
@@ -74,8 +64,7 @@ class GatewaySettings(ServiceSettings):
     cors_max_age_s: int = 600
     # The refresh cookie (SameSite=Strict) rides along only on credentialed requests.
     cors_allow_credentials: bool = True
-    # Response cache: which GET routes, how long at most, how big, which request headers vary.
-    cache_prefixes: tuple[str, ...] = ("/api/tasks", "/api/notifications/")
+    # Response cache (which routes: gateway/routes.py): how long at most, how big, what varies.
     cache_ttl_s: int = 30
     cache_max_body_bytes: int = 262_144
     cache_l1_entries: int = 5_000

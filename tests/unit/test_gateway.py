@@ -5,7 +5,7 @@ import time
 import pytest
 
 from common.tokens import AccessClaims, TokenError, TokenVerifier
-from gateway.auth import EdgeVerifier, PublicRoutes
+from gateway.auth import EdgeVerifier
 from gateway.cache import (
     ResponseCache,
     cache_key,
@@ -17,7 +17,6 @@ from gateway.cache import (
 )
 from gateway.docs import merge
 from gateway.pipeline import child_traceparent, upstream_headers
-from gateway.proxy import route_for
 from gateway.ratelimit import (
     LimitState,
     TrustedProxies,
@@ -28,6 +27,7 @@ from gateway.ratelimit import (
     retry_after,
 )
 from gateway.reply import Reply
+from gateway.routes import TABLE
 from gateway.settings import DEFAULT_POLICIES, LimitPolicy
 from tests.support.tokens import SigningKey
 
@@ -121,15 +121,45 @@ def test_cached_replies_round_trip_with_a_validator() -> None:
     ],
 )
 def test_routes(path: str, upstream: str | None) -> None:
-    assert route_for(path) == upstream
+    route = TABLE.match(path)
+    assert (route.upstream if route else None) == upstream
 
 
 def test_public_routes_match_exact_paths_and_slash_prefixes() -> None:
-    public = PublicRoutes(["/api/auth/login", "/api/auth/password-reset/"])
-    assert "/api/auth/login" in public
-    assert "/api/auth/password-reset/confirm" in public
-    assert "/api/auth/login/x" not in public
-    assert "/api/auth/me" not in public
+    def public(path: str) -> bool:
+        route = TABLE.match(path)
+        assert route is not None, path
+        return route.public
+
+    assert public("/api/auth/login")
+    assert public("/api/auth/password-reset/confirm")
+    assert not public("/api/auth/login/x")
+    assert not public("/api/auth/me")
+
+
+@pytest.mark.parametrize(
+    ("path", "cacheable"),
+    [
+        ("/api/tasks", True),
+        ("/api/tasks/1", True),
+        ("/api/notifications", False),
+        ("/api/notifications/preferences", True),
+        ("/api/auth/me", False),
+    ],
+)
+def test_cacheable_routes(path: str, cacheable: bool) -> None:
+    route = TABLE.match(path)
+    assert route is not None
+    assert route.cacheable is cacheable
+
+
+def test_only_a_post_to_login_counts_against_the_login_limits() -> None:
+    login = TABLE.match("/api/auth/login")
+    assert login is not None
+    assert (login.limit_scope("POST"), login.limit_scope("GET")) == ("login", "public")
+    tasks = TABLE.match("/api/tasks")
+    assert tasks is not None
+    assert tasks.limit_scope("POST") == "api"
 
 
 def test_upstream_headers_replace_what_the_gateway_owns() -> None:
