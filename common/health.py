@@ -9,6 +9,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from common.problems import problem_response
+
 Check = Callable[[], Awaitable[object]]
 CHECK_TIMEOUT_S = 2.0
 
@@ -45,13 +47,7 @@ def health_routes(checks: Callable[[], Mapping[str, Check]]) -> list[Route]:
             return Response(
                 orjson.dumps({"status": "ok", "checks": results}), media_type="application/json"
             )
-        body = {
-            "type": "about:blank",
-            "title": "Service Unavailable",
-            "status": 503,
-            "detail": "not ready: " + ", ".join(failing),
-            "checks": results,
-        }
-        return Response(orjson.dumps(body), 503, media_type="application/problem+json")
+        detail = "not ready: " + ", ".join(failing)
+        return problem_response(503, detail, extra={"checks": results})
 
     return [Route("/livez", livez, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]

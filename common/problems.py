@@ -53,6 +53,28 @@ class ProblemError(Exception):
         self.extra = dict(extra or {})
 
 
+def problem_body(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    type_: str = "about:blank",
+    instance: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> bytes:
+    """The serialised RFC 9457 document (for code that sends its own response, as the gateway)."""
+    body: dict[str, Any] = {
+        "type": type_,
+        "title": title or _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(extra or {})
+    return orjson.dumps(body)
+
+
 def problem_response(
     status: int,
     detail: str,
@@ -64,23 +86,8 @@ def problem_response(
     extra: Mapping[str, Any] | None = None,
 ) -> Response:
     """Build an application/problem+json response."""
-    body: dict[str, Any] = {
-        "type": type_,
-        "title": title or _TITLES.get(status, "Error"),
-        "status": status,
-        "detail": detail,
-    }
-    if instance:
-        body["instance"] = instance
-    body.update(extra or {})
-    return Response(
-        orjson.dumps(body), status, headers=dict(headers or {}), media_type=PROBLEM_JSON
-    )
-
-
-def problem_title(status: int) -> str:
-    """The standard title of a problem status (for code that builds its own response)."""
-    return _TITLES.get(status, "Error")
+    body = problem_body(status, detail, title=title, type_=type_, instance=instance, extra=extra)
+    return Response(body, status, headers=dict(headers or {}), media_type=PROBLEM_JSON)
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:

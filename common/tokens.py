@@ -8,6 +8,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import aiohttp
@@ -22,7 +23,9 @@ from common.problems import ProblemError
 ALGORITHM = "RS256"
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - RFC 9068 media type: refresh or ID tokens can never pass as access
 MAX_LEEWAY_S = 30
+# The one 401 for a missing or refused access token, at the gateway and in every service.
 UNAUTHORIZED_DETAIL = "missing or invalid access token"
+WWW_AUTHENTICATE: Mapping[str, str] = MappingProxyType({"WWW-Authenticate": "Bearer"})
 MAX_TOKEN_CHARS = 8192  # far above any token auth issues; bounds the work a header can cause
 _FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 
@@ -202,7 +205,7 @@ async def verify_bearer(verifier: TokenVerifier, authorization: str | None) -> A
 
 
 def _unauthorized() -> ProblemError:
-    return ProblemError(401, UNAUTHORIZED_DETAIL, headers={"WWW-Authenticate": "Bearer"})
+    return ProblemError(401, UNAUTHORIZED_DETAIL, headers=WWW_AUTHENTICATE)
 
 
 def sign_access_token(

@@ -9,8 +9,6 @@ from redis.asyncio import Redis
 from common.events import SessionsRevoked
 from common.tokens import AccessClaims, KeysUnavailableError, TokenError, TokenVerifier
 
-UNAUTHORIZED_DETAIL = "a valid access token is required"
-
 
 class EdgeVerifier:
     """Verifies bearer tokens; a verified token is remembered until it expires.

@@ -11,8 +11,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
-from common.tokens import AccessClaims, KeysUnavailableError, TokenError
-from gateway.auth import UNAUTHORIZED_DETAIL, EdgeVerifier
+from common.tokens import (
+    UNAUTHORIZED_DETAIL,
+    WWW_AUTHENTICATE,
+    AccessClaims,
+    KeysUnavailableError,
+    TokenError,
+)
+from gateway.auth import EdgeVerifier
 from gateway.cache import (
     ResponseCache,
     bump_generation,
@@ -52,7 +58,6 @@ _CLIENT_DROP = frozenset(
 )
 _DOT_SEGMENT = re.compile(r"/\.\.?(/|$)")
 _CONDITIONAL = frozenset({b"if-none-match", b"if-modified-since"})
-_WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="taskbus"'}
 
 
 class ClientGoneError(Exception):
@@ -117,7 +122,7 @@ class Pipeline:
             try:
                 claims = await self._verifier.verify(header(scope, b"authorization"))
             except TokenError:
-                return problem(401, UNAUTHORIZED_DETAIL, path, _WWW_AUTHENTICATE)
+                return problem(401, UNAUTHORIZED_DETAIL, path, WWW_AUTHENTICATE)
             except KeysUnavailableError:
                 return problem(503, "token keys unavailable", path, {"Retry-After": "5"})
         peer = scope["client"][0] if scope.get("client") else "0.0.0.0"
@@ -174,7 +179,7 @@ class Pipeline:
                 return None, problem(503, "rate limiter unavailable", path, {"Retry-After": "1"})
             return None, None
         if gate.revoked:
-            return gate, problem(401, UNAUTHORIZED_DETAIL, path, _WWW_AUTHENTICATE)
+            return gate, problem(401, UNAUTHORIZED_DETAIL, path, WWW_AUTHENTICATE)
         if gate.states:
             extra.append((b"ratelimit-policy", policy_header(s.policy for s in gate.states)))
             extra.append((b"ratelimit", ratelimit_header(gate.states)))

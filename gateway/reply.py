@@ -3,12 +3,12 @@
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import orjson
 from starlette.types import Send
 
-from common.problems import PROBLEM_JSON, problem_title
+from common.problems import PROBLEM_JSON, problem_body
 
 Header = tuple[bytes, bytes]
+_PROBLEM_JSON = PROBLEM_JSON.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,11 +27,10 @@ class Reply:
 def problem(
     status: int, detail: str, instance: str, headers: Mapping[str, str] | None = None
 ) -> Reply:
-    """An RFC 9457 problem reply (the document common.problems.problem_response builds)."""
-    body = {"type": "about:blank", "title": problem_title(status), "status": status}
-    body |= {"detail": detail, "instance": instance}
+    """An RFC 9457 problem reply."""
+    body = problem_body(status, detail, instance=instance)
     kept = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
-    return Reply(status, [*kept, (b"content-type", PROBLEM_JSON.encode())], orjson.dumps(body))
+    return Reply(status, [*kept, (b"content-type", _PROBLEM_JSON)], body)
 
 
 async def send_reply(send: Send, reply: Reply, extra: list[Header], head: bool = False) -> None:
