@@ -4,6 +4,7 @@ Only for bench_gateway.py: it measures what per-request tracing costs the hot pa
 Run: `python -m bench.gateway_lean` with the gateway's environment.
 """
 
+from common.asgi import RequestIdMiddleware
 from common.metrics import MetricsMiddleware
 from common.runner import serve
 from common.telemetry import setup_logging
@@ -12,10 +13,11 @@ from gateway.settings import GatewaySettings
 
 
 def main() -> None:
-    """Serve the gateway app exactly as common.runner does, minus instrument()."""
+    """Serve gateway_stack() minus its tracing: request ids and RED metrics kept."""
     settings = GatewaySettings()
     setup_logging(settings)
-    serve(MetricsMiddleware(create_app(settings), settings.service_name), settings)
+    app = MetricsMiddleware(create_app(settings), settings.service_name)
+    serve(RequestIdMiddleware(app), settings)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,17 @@ S = TypeVar("S", bound=ServiceSettings)
 
 
 def run_service(settings: S, create_app: Callable[[S], ASGIApp]) -> None:
-    """Serve `create_app(settings)` until SIGTERM/SIGINT, then flush traces."""
+    """Serve `create_app(settings)` under the common middleware until SIGTERM/SIGINT."""
+    run_stack(settings, lambda given: instrument(create_app(given), given))
+
+
+def run_stack(settings: S, build: Callable[[S], ASGIApp]) -> None:
+    """Serve `build(settings)`, an app that brings its own middleware, then flush traces."""
     setup_logging(settings)
     provider = setup_tracing(settings)
     setup_error_tracking(settings)
     try:
-        serve(instrument(create_app(settings), settings), settings)
+        serve(build(settings), settings)
     finally:
         provider.shutdown()
 

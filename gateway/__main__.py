@@ -5,9 +5,9 @@ them: ~11k vs 6-9k req/s here) but always adds `Server: granian`, which the gate
 send (granian issue #594), so it is not used.
 """
 
-from common.runner import run_service
-from gateway.app import create_app
+from common.runner import run_stack
+from gateway.app import gateway_stack
 from gateway.settings import GatewaySettings
 
 if __name__ == "__main__":
-    run_service(GatewaySettings(), create_app)
+    run_stack(GatewaySettings(), gateway_stack)

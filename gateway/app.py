@@ -17,6 +17,7 @@ from common.health import Check, health_routes
 from common.infra import open_broker, open_redis, ping_kafka, ping_redis
 from common.kafka import make_broker
 from common.problems import problem_response
+from common.telemetry import instrument
 from common.tokens import TokenVerifier, jwks_source
 from gateway.auth import EdgeVerifier
 from gateway.cache import ResponseCache
@@ -38,7 +39,6 @@ class Parts:
 
     pipeline: Pipeline | None = None
     docs: ApiDocs | None = None
-    broker: KafkaBroker | None = None
 
 
 class Gateway:
@@ -60,8 +60,18 @@ class Gateway:
         await self._rest(scope, receive, send)
 
 
+def gateway_stack(settings: GatewaySettings) -> ASGIApp:
+    """The gateway as `python -m gateway` serves it (tests build theirs here too).
+
+    Outermost first: server span, request id (a valid X-Request-ID is in the scope from then
+    on), RED metrics, then the app; the Redis and aiohttp clients are traced, so each upstream
+    call carries a `traceparent` of its own span.
+    """
+    return instrument(create_app(settings), settings)
+
+
 def create_app(settings: GatewaySettings) -> ASGIApp:
-    """Build the gateway app; clients are made in the lifespan, not here."""
+    """The gateway app without the common middleware; clients are made in the lifespan."""
     checks: dict[str, Check] = {}
     parts = Parts()
     metrics = Metrics()
@@ -73,7 +83,7 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
             session = await stack.enter_async_context(open_session(settings.upstream_pool_size))
             broker = make_broker(settings)
             subscribe(broker, settings, redis)
-            parts.broker = await stack.enter_async_context(
+            await stack.enter_async_context(
                 open_broker(settings, [TASKS_TOPIC, USERS_TOPIC], broker)
             )
 

@@ -1,9 +1,7 @@
 """The proxied request path: body cap, JWT, one Redis gate call, response cache, upstream, reply."""
 
-import os
 import re
 import time
-import uuid
 from collections.abc import Sequence
 
 import structlog
@@ -48,10 +46,9 @@ log = structlog.get_logger(__name__)
 
 OUTAGE_LOG_INTERVAL_S = 10.0
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
-_TRACEPARENT = re.compile(rb"^00-([0-9a-f]{32})-[0-9a-f]{16}-([0-9a-f]{2})$")
 _NOT_MODIFIED_HEADERS = frozenset({b"etag", b"cache-control", b"vary", b"last-modified"})
-# The gateway sets these itself; a client's own values must not reach a service.
+# The gateway sets these itself (traceparent: the aiohttp client span); a client's own values
+# must not reach a service.
 _CLIENT_DROP = frozenset(
     {b"x-request-id", b"traceparent", b"forwarded"}
     | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
@@ -92,8 +89,8 @@ class Pipeline:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one proxied request."""
-        given = header(scope, b"x-request-id")
-        request_id = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex.encode()
+        # RequestIdMiddleware (gateway_stack) left a valid one in the scope.
+        request_id = header(scope, b"x-request-id") or b""
         extra: list[Header] = [(b"x-request-id", request_id)]
         route = TABLE.match(scope["path"])
         try:
@@ -283,23 +280,14 @@ def request_target(scope: Scope) -> str:
 def upstream_headers(
     headers: Sequence[tuple[bytes, bytes]], request_id: bytes, ip: str, scheme: str
 ) -> list[Header]:
-    """The client's headers plus request id, trace context and the forwarded client."""
+    """The client's headers plus request id and the forwarded client."""
     given = dict(headers)
     forwarded = [
         *((k, v) for k, v in headers if k not in _CLIENT_DROP),
         (b"x-request-id", request_id),
-        (b"traceparent", child_traceparent(given.get(b"traceparent"))),
         (b"x-forwarded-for", ip.encode()),
         (b"x-forwarded-proto", scheme.encode()),
     ]
     if b"host" in given:  # the upstream sees its own Host; links it builds need the public one
         forwarded.append((b"x-forwarded-host", given[b"host"]))
     return forwarded
-
-
-def child_traceparent(given: bytes | None) -> bytes:
-    """Continue the caller's trace (or start one) with a fresh parent id for the upstream hop."""
-    match = _TRACEPARENT.match(given) if given else None
-    trace_id = match.group(1) if match else os.urandom(16).hex().encode()
-    flags = match.group(2) if match else b"01"
-    return b"00-" + trace_id + b"-" + os.urandom(8).hex().encode() + b"-" + flags

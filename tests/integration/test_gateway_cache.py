@@ -4,7 +4,7 @@ invalidation by task events from Kafka, coalesced misses, Vary, per-user isolati
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -17,11 +17,11 @@ from faststream.kafka import KafkaBroker
 from common.events import TASKS_TOPIC, USERS_TOPIC, SessionsRevoked, TaskSnapshot, TaskUpdated
 from common.events import new_event as envelope
 from common.kafka import make_broker, publish
-from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from tests.support.gateway import gateway_settings
+from tests.support.gateway import gateway_client, gateway_settings
 from tests.support.redis_server import RedisServer
-from tests.support.servers import EchoUpstream, serve_asgi
+from tests.support.servers import EchoUpstream
+from tests.support.tasks import eventually
 from tests.support.tokens import SigningKey
 
 pytestmark = pytest.mark.integration
@@ -48,10 +48,7 @@ async def stack() -> AsyncIterator[Stack]:
     settings = gateway_settings(f"gwc{uuid.uuid4().hex[:10]}", key, tasks.url, cache_ttl_s=600)
     broker = make_broker(settings)
     try:
-        async with (
-            serve_asgi(create_app(settings)) as url,
-            httpx.AsyncClient(base_url=url, timeout=10) as client,
-        ):
+        async with gateway_client(settings) as client:
             await broker.start()
             try:
                 yield Stack(settings, key, tasks, client, broker)
@@ -65,12 +62,15 @@ def user() -> str:
     return uuid.uuid4().hex
 
 
-async def poll(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
-    """Retry `check` until it holds (the effect crosses Kafka); fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
+async def publish_task_update(
+    broker: KafkaBroker, settings: GatewaySettings, owner: str, task_id: str
+) -> None:
+    """What the tasks service publishes when `owner` renames a task."""
+    task = TaskSnapshot(
+        id=task_id, owner=owner, title="x", status="todo", priority="low", version=1
+    )
+    event = envelope(TaskUpdated(task=task, changed=("title",)), source="tasks", subject=owner)
+    await publish(broker, settings, TASKS_TOPIC, event)
 
 
 async def test_second_read_is_a_hit_and_never_reaches_the_service(stack: Stack) -> None:
@@ -115,14 +115,12 @@ async def test_a_task_event_from_kafka_invalidates_the_owners_cache(stack: Stack
     path = f"/api/tasks/{uuid.uuid4().hex}"
     await stack.client.get(path, headers=me)
     assert (await stack.client.get(path, headers=me)).headers["x-cache"] == "HIT"
-    task = TaskSnapshot(id="t1", owner=owner, title="x", status="todo", priority="low", version=2)
-    event = envelope(TaskUpdated(task=task, changed=("title",)), source="tasks", subject=owner)
-    await publish(stack.broker, stack.settings, TASKS_TOPIC, event)
+    await publish_task_update(stack.broker, stack.settings, owner, "t1")
 
     async def missed() -> bool:
         return (await stack.client.get(path, headers=me)).headers["x-cache"] == "MISS"
 
-    await poll(missed)
+    await eventually(missed)
 
 
 async def test_concurrent_misses_share_one_upstream_call(stack: Stack) -> None:
@@ -171,7 +169,7 @@ async def test_revoked_sessions_are_refused_once_the_event_arrives(stack: Stack)
     async def refused() -> bool:
         return (await stack.client.get("/api/tasks", headers=revoked)).status_code == 401
 
-    await poll(refused)
+    await eventually(refused)
     assert (await stack.client.get("/api/tasks", headers=kept)).status_code == 200
 
 
@@ -188,7 +186,7 @@ async def test_revoking_all_sessions_refuses_tokens_issued_before(stack: Stack) 
     async def refused() -> bool:
         return (await stack.client.get("/api/tasks", headers=old)).status_code == 401
 
-    await poll(refused)
+    await eventually(refused)
     token, _ = stack.key.mint(who, session_id="s-new", now=time.time() + 2)
     fresh = await stack.client.get("/api/tasks", headers={"Authorization": f"Bearer {token}"})
     assert fresh.status_code == 200
@@ -207,13 +205,10 @@ async def test_a_new_gateway_process_knows_earlier_revocations(stack: Stack) -> 
     async def refused() -> bool:
         return (await stack.client.get("/api/tasks", headers=headers)).status_code == 401
 
-    await poll(refused)
+    await eventually(refused)
     # Same Redis namespace, other topics: what it knows can only come from Redis.
     later = stack.settings.model_copy(update={"topic_prefix": f"{uuid.uuid4().hex[:10]}."})
-    async with (
-        serve_asgi(create_app(later)) as url,
-        httpx.AsyncClient(base_url=url, timeout=10) as client,
-    ):
+    async with gateway_client(later) as client:
         assert (await client.get("/api/tasks", headers=headers)).status_code == 401
 
 
@@ -226,14 +221,12 @@ async def test_a_malformed_event_does_not_block_the_ones_behind_it(stack: Stack)
     # Same key, so same partition, ahead of the good event.
     await stack.broker.publish(b"not json", topic=topic, key=owner.encode())
     await stack.broker.publish({"type": "x"}, topic=topic, key=owner.encode())
-    task = TaskSnapshot(id="t2", owner=owner, title="x", status="todo", priority="low", version=1)
-    event = envelope(TaskUpdated(task=task, changed=("title",)), source="tasks", subject=owner)
-    await publish(stack.broker, stack.settings, TASKS_TOPIC, event)
+    await publish_task_update(stack.broker, stack.settings, owner, "t2")
 
     async def missed() -> bool:
         return (await stack.client.get(path, headers=me)).headers["x-cache"] == "MISS"
 
-    await poll(missed)
+    await eventually(missed)
 
 
 async def test_an_event_redis_could_not_take_is_applied_once_redis_is_back() -> None:
@@ -248,25 +241,18 @@ async def test_an_event_redis_could_not_take_is_applied_once_redis_is_back() -> 
     token, _ = key.mint(owner)
     me = {"Authorization": f"Bearer {token}"}
     try:
-        async with (
-            serve_asgi(create_app(settings)) as url,
-            httpx.AsyncClient(base_url=url, timeout=10) as client,
-        ):
+        async with gateway_client(settings) as client:
             await broker.start()
             await client.get("/api/tasks/x", headers=me)
             assert (await client.get("/api/tasks/x", headers=me)).headers["x-cache"] == "HIT"
             server.kill()
-            task = TaskSnapshot(
-                id="t", owner=owner, title="x", status="todo", priority="low", version=1
-            )
-            event = envelope(TaskUpdated(task=task, changed=("title",)), source="t", subject=owner)
             with structlog.testing.capture_logs() as logs:
-                await publish(broker, settings, TASKS_TOPIC, event)
+                await publish_task_update(broker, settings, owner, "t")
 
                 async def refused_by_redis() -> bool:
                     return any("redelivered" in entry["event"] for entry in logs)
 
-                await poll(refused_by_redis)
+                await eventually(refused_by_redis)
             server.start()
             # Redis came back empty: generation "0" again, so the L1 entry would be a HIT,
             # until the redelivered event bumps the owner's generation.
@@ -274,7 +260,7 @@ async def test_an_event_redis_could_not_take_is_applied_once_redis_is_back() -> 
             async def missed() -> bool:
                 return (await client.get("/api/tasks/x", headers=me)).headers["x-cache"] == "MISS"
 
-            await poll(missed)
+            await eventually(missed)
             await broker.stop()
     finally:
         server.kill()

@@ -10,12 +10,11 @@ import httpx
 import pytest
 from aiohttp import web
 
-from common.metrics import MetricsMiddleware
-from gateway.app import create_app
 from gateway.headers import DEFAULT_CSP, HELMET_HEADERS
-from tests.support.gateway import gateway_settings
+from gateway.settings import GatewaySettings
+from tests.support.gateway import gateway_client, gateway_settings, serve_gateway
 from tests.support.infra import free_port
-from tests.support.servers import EchoUpstream, serve_asgi
+from tests.support.servers import EchoUpstream
 from tests.support.tokens import SigningKey
 
 pytestmark = pytest.mark.integration
@@ -54,7 +53,7 @@ async def stack() -> AsyncIterator[Stack]:
     )
     try:
         async with (
-            serve_asgi(MetricsMiddleware(create_app(settings), "gateway")) as url,
+            serve_gateway(settings) as url,
             httpx.AsyncClient(base_url=url, timeout=10) as client,
         ):
             yield Stack(url, key, auth, tasks, notifier, client)
@@ -204,10 +203,7 @@ async def test_upstream_down_answers_503_problem() -> None:
     key = SigningKey.generate()
     dead = f"http://127.0.0.1:{free_port()}"
     settings = gateway_settings(f"gwd{uuid.uuid4().hex[:10]}", key, dead)
-    async with (
-        serve_asgi(create_app(settings)) as url,
-        httpx.AsyncClient(base_url=url, timeout=10) as client,
-    ):
+    async with gateway_client(settings) as client:
         token, _ = key.mint("u1")
         response = await client.get("/api/tasks", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 503
@@ -267,26 +263,19 @@ async def test_keys_come_from_the_jwks_url_and_its_outage_is_a_503() -> None:
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     upstream = await EchoUpstream("tasks").start()
-    live = gateway_settings(
-        f"gwk{uuid.uuid4().hex[:8]}",
-        key,
-        upstream.url,
-        jwks_json=None,
-        jwks_url=f"http://127.0.0.1:{port}/.well-known/jwks.json",
-    )
-    dead = gateway_settings(
-        f"gwk{uuid.uuid4().hex[:8]}",
-        key,
-        upstream.url,
-        jwks_json=None,
-        jwks_url=f"http://127.0.0.1:{free_port()}/.well-known/jwks.json",
-    )
+
+    def keys_at(jwks_port: int) -> GatewaySettings:
+        jwks_url = f"http://127.0.0.1:{jwks_port}/.well-known/jwks.json"
+        prefix = f"gwk{uuid.uuid4().hex[:8]}"
+        return gateway_settings(prefix, key, upstream.url, jwks_json=None, jwks_url=jwks_url)
+
+    live, dead = keys_at(port), keys_at(free_port())  # nothing listens on the second
     token, _ = key.mint("u1")
     auth = {"Authorization": f"Bearer {token}"}
     try:
         async with (
-            serve_asgi(create_app(live)) as live_url,
-            serve_asgi(create_app(dead)) as dead_url,
+            serve_gateway(live) as live_url,
+            serve_gateway(dead) as dead_url,
             httpx.AsyncClient(timeout=10) as client,
         ):
             assert (await client.get(f"{live_url}/api/tasks", headers=auth)).status_code == 200

@@ -3,18 +3,18 @@ trusted-proxy client addresses, and the configured mode when Redis dies."""
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from gateway.app import create_app
 from gateway.settings import GatewaySettings, LimitPolicy
-from tests.support.gateway import gateway_settings
+from tests.support.gateway import gateway_client, gateway_settings, serve_gateway
 from tests.support.redis_server import RedisServer
-from tests.support.servers import EchoUpstream, serve_asgi
+from tests.support.servers import EchoUpstream
 from tests.support.tokens import SigningKey
 
 pytestmark = pytest.mark.integration
@@ -45,10 +45,7 @@ async def stack() -> AsyncIterator[Stack]:
         trusted_proxies=("127.0.0.1",),
     )
     try:
-        async with (
-            serve_asgi(create_app(settings)) as url,
-            httpx.AsyncClient(base_url=url, timeout=10) as client,
-        ):
+        async with gateway_client(settings) as client:
             yield Stack(key, upstream, client)
     finally:
         await upstream.stop()
@@ -128,10 +125,7 @@ async def test_forwarded_for_is_ignored_from_untrusted_peers() -> None:
         f"gwu{uuid.uuid4().hex[:10]}", key, upstream.url, rate_limits=policies
     )
     try:
-        async with (
-            serve_asgi(create_app(settings)) as url,
-            httpx.AsyncClient(base_url=url, timeout=10) as client,
-        ):
+        async with gateway_client(settings) as client:
             codes = [
                 (
                     await client.post(
@@ -147,76 +141,72 @@ async def test_forwarded_for_is_ignored_from_untrusted_peers() -> None:
         await upstream.stop()
 
 
+@dataclass
+class OwnRedis:
+    """A gateway's surroundings with a Redis of its own, to kill or flush."""
+
+    server: RedisServer
+    key: SigningKey
+    upstream: EchoUpstream
+    auth: dict[str, str]
+
+    def settings(self, prefix: str, **overrides: Any) -> GatewaySettings:
+        return gateway_settings(
+            prefix,
+            self.key,
+            self.upstream.url,
+            redis_url=self.server.url,
+            rate_limits=POLICIES,
+            **overrides,
+        )
+
+
 @pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
+async def own_redis() -> AsyncIterator[OwnRedis]:
     server = RedisServer().start()
+    key = SigningKey.generate()
+    upstream = await EchoUpstream("svc").start()
+    token, _ = key.mint(uuid.uuid4().hex)
     try:
-        yield server
+        yield OwnRedis(server, key, upstream, {"Authorization": f"Bearer {token}"})
     finally:
+        await upstream.stop()
         server.kill()
 
 
-async def test_redis_down_fails_open_or_closed_as_configured(
-    own_redis: RedisServer,
-) -> None:
-    url = own_redis.url
-    key = SigningKey.generate()
-    upstream = await EchoUpstream("svc").start()
-    token, _ = key.mint(uuid.uuid4().hex)
-    auth = {"Authorization": f"Bearer {token}"}
-
-    def settings(mode: str, prefix: str) -> GatewaySettings:
-        return gateway_settings(
-            prefix, key, upstream.url, redis_url=url, redis_failure_mode=mode, rate_limits=POLICIES
+async def test_redis_down_fails_open_or_closed_as_configured(own_redis: OwnRedis) -> None:
+    auth = own_redis.auth
+    open_gateway = own_redis.settings(f"gwo{uuid.uuid4().hex[:8]}", redis_failure_mode="open")
+    closed_gateway = own_redis.settings(f"gwx{uuid.uuid4().hex[:8]}", redis_failure_mode="closed")
+    async with (
+        serve_gateway(open_gateway) as open_url,
+        serve_gateway(closed_gateway) as closed_url,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        for base in (open_url, closed_url):
+            healthy = await client.get(f"{base}/api/tasks", headers=auth)
+            assert healthy.status_code == 200
+            assert "ratelimit" in healthy.headers
+        own_redis.server.kill()
+        open_reply, closed_reply = await asyncio.gather(
+            client.get(f"{open_url}/api/tasks", headers=auth),
+            client.get(f"{closed_url}/api/tasks", headers=auth),
         )
-
-    try:
-        async with (
-            serve_asgi(create_app(settings("open", f"gwo{uuid.uuid4().hex[:8]}"))) as open_url,
-            serve_asgi(create_app(settings("closed", f"gwx{uuid.uuid4().hex[:8]}"))) as closed_url,
-            httpx.AsyncClient(timeout=10) as client,
-        ):
-            for base in (open_url, closed_url):
-                healthy = await client.get(f"{base}/api/tasks", headers=auth)
-                assert healthy.status_code == 200
-                assert "ratelimit" in healthy.headers
-            own_redis.kill()
-            open_reply, closed_reply = await asyncio.gather(
-                client.get(f"{open_url}/api/tasks", headers=auth),
-                client.get(f"{closed_url}/api/tasks", headers=auth),
-            )
-            assert open_reply.status_code == 200
-            assert open_reply.headers["x-cache"] == "BYPASS"
-            assert "ratelimit" not in open_reply.headers
-            assert closed_reply.status_code == 503
-            assert closed_reply.headers["content-type"] == "application/problem+json"
-            assert closed_reply.headers["retry-after"] == "1"
-            assert closed_reply.headers["strict-transport-security"].startswith("max-age=")
-    finally:
-        await upstream.stop()
+        assert open_reply.status_code == 200
+        assert open_reply.headers["x-cache"] == "BYPASS"
+        assert "ratelimit" not in open_reply.headers
+        assert closed_reply.status_code == 503
+        assert closed_reply.headers["content-type"] == "application/problem+json"
+        assert closed_reply.headers["retry-after"] == "1"
+        assert closed_reply.headers["strict-transport-security"].startswith("max-age=")
 
 
-async def test_the_gate_reloads_its_script_after_redis_forgets_it(
-    own_redis: RedisServer,
-) -> None:
-    url = own_redis.url
-    key = SigningKey.generate()
-    upstream = await EchoUpstream("svc").start()
-    token, _ = key.mint(uuid.uuid4().hex)
-    auth = {"Authorization": f"Bearer {token}", "Cache-Control": "no-cache"}
-    settings = gateway_settings(
-        f"gwf{uuid.uuid4().hex[:8]}", key, upstream.url, redis_url=url, rate_limits=POLICIES
-    )
-    try:
-        async with (
-            serve_asgi(create_app(settings)) as base,
-            httpx.AsyncClient(base_url=base, timeout=10) as client,
-        ):
-            first = await client.get("/api/tasks", headers=auth)
-            assert '"api-user";r=4;' in first.headers["ratelimit"]
-            redis.Redis.from_url(url).script_flush()
-            second = await client.get("/api/tasks", headers=auth)
-            assert second.status_code == 200
-            assert '"api-user";r=3;' in second.headers["ratelimit"]
-    finally:
-        await upstream.stop()
+async def test_the_gate_reloads_its_script_after_redis_forgets_it(own_redis: OwnRedis) -> None:
+    auth = {**own_redis.auth, "Cache-Control": "no-cache"}
+    async with gateway_client(own_redis.settings(f"gwf{uuid.uuid4().hex[:8]}")) as client:
+        first = await client.get("/api/tasks", headers=auth)
+        assert '"api-user";r=4;' in first.headers["ratelimit"]
+        redis.Redis.from_url(own_redis.server.url).script_flush()
+        second = await client.get("/api/tasks", headers=auth)
+        assert second.status_code == 200
+        assert '"api-user";r=3;' in second.headers["ratelimit"]

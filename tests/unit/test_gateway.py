@@ -16,7 +16,7 @@ from gateway.cache import (
     with_validator,
 )
 from gateway.docs import merge
-from gateway.pipeline import child_traceparent, upstream_headers
+from gateway.pipeline import upstream_headers
 from gateway.ratelimit import (
     LimitState,
     TrustedProxies,
@@ -169,16 +169,6 @@ def test_upstream_headers_replace_what_the_gateway_owns() -> None:
     assert headers[b"x-request-id"] == b"rid"
     assert headers[b"x-forwarded-proto"] == b"https"
     assert headers[b"accept"] == b"*/*"
-
-
-def test_traceparent_continues_a_valid_trace_or_starts_one() -> None:
-    given = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    child = child_traceparent(given).split(b"-")
-    assert child[1] == b"0af7651916cd43dd8448eb211c80319c"
-    assert child[2] != b"b7ad6b7169203331"
-    fresh = child_traceparent(b"bogus").split(b"-")
-    assert len(fresh[1]) == 32
-    assert fresh[3] == b"01"
 
 
 class CountingVerifier(TokenVerifier):
