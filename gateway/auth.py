@@ -4,6 +4,7 @@ import time
 
 import aiohttp
 import jwt
+from cachetools import TLRUCache
 from redis.asyncio import Redis
 
 from common.events import SessionsRevoked
@@ -19,8 +20,10 @@ class EdgeVerifier:
 
     def __init__(self, verifier: TokenVerifier, max_entries: int) -> None:
         self._verifier = verifier
-        self._max = max_entries
-        self._cache: dict[str, AccessClaims] = {}
+        # Least recently used out first; an entry lapses when its token expires.
+        self._cache: TLRUCache[str, AccessClaims, float] = TLRUCache(
+            max_entries, _expiry, timer=time.time
+        )
 
     async def verify(self, authorization: bytes | None) -> AccessClaims:
         """The claims of the bearer token in an Authorization header; TokenError otherwise."""
@@ -29,18 +32,17 @@ class EdgeVerifier:
         token = authorization[7:].strip().decode("latin-1")
         claims = self._cache.get(token)
         if claims is not None:
-            if claims.exp > time.time():
-                return claims
-            del self._cache[token]
+            return claims
         try:
             claims = await self._verifier.verify(token)
         except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWKError) as exc:
             raise KeysUnavailableError(str(exc)) from exc
-        if len(self._cache) >= self._max:
-            # dicts keep insertion order: drop the oldest entry (FIFO bound, no LRU bookkeeping).
-            del self._cache[next(iter(self._cache))]
         self._cache[token] = claims
         return claims
+
+
+def _expiry(_token: str, claims: AccessClaims, _now: float) -> float:
+    return float(claims.exp)
 
 
 async def record_revocation(

@@ -5,14 +5,15 @@ through the gateway) orphans every entry of that user in O(1), in every gateway 
 """
 
 import asyncio
+import contextlib
 import hashlib
 import struct
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
+from cachetools import TTLCache
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -88,6 +89,24 @@ def decode(raw: bytes) -> Reply:
     return Reply(status, headers, raw[6 + size :])
 
 
+class BoundedTTLCache(TTLCache[str, Reply, float]):
+    """L1: entries live `ttl_s`; least recently used out first past `entries` or `max_bytes`."""
+
+    def __init__(self, entries: int, max_bytes: int, ttl_s: int) -> None:
+        super().__init__(max_bytes, ttl_s, timer=time.monotonic, getsizeof=_body_size)
+        self._entries = entries
+
+    def __setitem__(self, key: str, value: Reply) -> None:
+        """Store, then evict past the entry bound (cachetools bounds the bytes)."""
+        super().__setitem__(key, value)
+        while len(self) > self._entries:
+            self.popitem()
+
+
+def _body_size(reply: Reply) -> int:
+    return len(reply.body)
+
+
 class ResponseCache:
     """L1 (bounded LRU in this process) over L2 (Redis, shared by every gateway process)."""
 
@@ -97,20 +116,14 @@ class ResponseCache:
         self._redis = redis
         self._prefix = prefix
         self._ttl = ttl_s
-        self._l1_max = l1_entries
-        self._l1_max_bytes = l1_bytes
-        self._l1_size = 0
-        self._l1: OrderedDict[str, tuple[float, Reply]] = OrderedDict()
+        self._l1 = BoundedTTLCache(l1_entries, l1_bytes, ttl_s)
         self._inflight: dict[str, asyncio.Future[Reply]] = {}
 
     async def get(self, key: str) -> Reply | None:
         """The cached reply, from L1 or else L2; None on a miss (or if Redis fails)."""
-        entry = self._l1.get(key)
-        if entry is not None:
-            if entry[0] > time.monotonic():
-                self._l1.move_to_end(key)
-                return entry[1]
-            self._forget(key)
+        reply = self._l1.get(key)
+        if reply is not None:
+            return reply
         try:
             raw = await self._redis.get(self._prefix + key)
         except RedisError:
@@ -118,12 +131,12 @@ class ResponseCache:
         if not isinstance(raw, bytes):
             return None
         reply = decode(raw)
-        self._remember(key, reply, self._ttl)
+        self._remember(key, reply)
         return reply
 
     async def put(self, key: str, reply: Reply) -> None:
         """Store in both levels; a Redis failure only costs the L2 copy."""
-        self._remember(key, reply, self._ttl)
+        self._remember(key, reply)
         try:
             await self._redis.set(self._prefix + key, encode(reply), ex=self._ttl)
         except RedisError:
@@ -151,18 +164,9 @@ class ResponseCache:
         finally:
             del self._inflight[key]
 
-    def _remember(self, key: str, reply: Reply, ttl_s: int) -> None:
-        self._forget(key)
-        self._l1[key] = (time.monotonic() + ttl_s, reply)
-        self._l1_size += len(reply.body)
-        while len(self._l1) > self._l1_max or self._l1_size > self._l1_max_bytes:
-            _, (_, evicted) = self._l1.popitem(last=False)
-            self._l1_size -= len(evicted.body)
-
-    def _forget(self, key: str) -> None:
-        entry = self._l1.pop(key, None)
-        if entry is not None:
-            self._l1_size -= len(entry[1].body)
+    def _remember(self, key: str, reply: Reply) -> None:
+        with contextlib.suppress(ValueError):  # larger than all of L1: kept in L2 only
+            self._l1[key] = reply
 
 
 async def bump_generation(redis: "Redis", prefix: str, user: str) -> None:
