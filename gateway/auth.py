@@ -7,6 +7,7 @@ import jwt
 from cachetools import TLRUCache
 from redis.asyncio import Redis
 
+from common.clock import utcnow
 from common.events import SessionsRevoked
 from common.tokens import AccessClaims, KeysUnavailableError, TokenError, TokenVerifier
 
@@ -50,7 +51,7 @@ async def record_revocation(
 ) -> None:
     """Remember a revocation in Redis for as long as a token it covers could still be used."""
     revoked_before = event.revoked_before.timestamp()
-    ttl = int(revoked_before + max_token_lifetime_s - time.time())
+    ttl = int(revoked_before + max_token_lifetime_s - utcnow().timestamp())
     if ttl <= 0:
         return  # every token it covers has expired already (a replayed old event)
     async with redis.pipeline(transaction=True) as pipe:

@@ -9,8 +9,10 @@ forever in front of the good ones.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from faststream import AckPolicy
@@ -36,6 +38,7 @@ from gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
 
+Handler = Callable[[KafkaMessage], Awaitable[None]]
 REDELIVERY_PAUSE_S = 1.0
 INVALIDATING = frozenset(
     cls.event_type for cls in (TaskCreated, TaskUpdated, TaskCompleted, TaskDeleted)
@@ -62,34 +65,42 @@ async def redis_retry_pause() -> AsyncIterator[None]:
         raise
 
 
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """One consumer: its topic, the group every gateway process shares, its AsyncAPI entry."""
+
+    topic: str
+    group: str
+    title: str
+    description: str
+
+
+CACHE_INVALIDATION = Subscription(
+    TASKS_TOPIC,
+    "gateway.tasks",
+    "gateway-cache-invalidation",
+    "task.created/updated/completed/deleted.v1: bump the owner's cache generation",
+)
+SESSION_REVOCATION = Subscription(
+    USERS_TOPIC,
+    "gateway.users",
+    "gateway-session-revocation",
+    "user.sessions_revoked.v1: refuse the sessions' access tokens at once",
+)
+
+
 def subscribe(broker: KafkaBroker, settings: GatewaySettings, redis: "Redis") -> None:
     """Attach the gateway's consumers to `broker` (before it starts)."""
     prefix = settings.redis_prefix
 
-    # Earliest for a new group: no event published while the group first forms is missed; old
-    # events replayed are no-ops (see the module docstring).
-    @broker.subscriber(
-        settings.topic(TASKS_TOPIC),
-        group_id=settings.topic("gateway.tasks"),
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        title="gateway-cache-invalidation",
-        description="task.created/updated/completed/deleted.v1: bump the owner's cache generation",
-    )
+    @_consumer(broker, settings, CACHE_INVALIDATION)
     async def on_task_event(message: KafkaMessage) -> None:
         event = parse(message.body)
         if event is not None and event.type in INVALIDATING:
             async with redis_retry_pause():
                 await bump_generation(redis, prefix, event.subject)
 
-    @broker.subscriber(
-        settings.topic(USERS_TOPIC),
-        group_id=settings.topic("gateway.users"),
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        title="gateway-session-revocation",
-        description="user.sessions_revoked.v1: refuse the sessions' access tokens at once",
-    )
+    @_consumer(broker, settings, SESSION_REVOCATION)
     async def on_user_event(message: KafkaMessage) -> None:
         event = parse(message.body)
         if event is None or event.type != SessionsRevoked.event_type:
@@ -101,3 +112,19 @@ def subscribe(broker: KafkaBroker, settings: GatewaySettings, redis: "Redis") ->
             return
         async with redis_retry_pause():
             await record_revocation(redis, prefix, revoked, settings.max_token_lifetime_s)
+
+
+def _consumer(
+    broker: KafkaBroker, settings: GatewaySettings, subscription: Subscription
+) -> Callable[[Handler], Any]:
+    """The broker's subscriber decorator for one subscription."""
+    # Earliest for a new group: no event published while the group first forms is missed; old
+    # events replayed are no-ops (see the module docstring).
+    return broker.subscriber(
+        settings.topic(subscription.topic),
+        group_id=settings.topic(subscription.group),
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        title=subscription.title,
+        description=subscription.description,
+    )

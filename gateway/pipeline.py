@@ -2,7 +2,8 @@
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
 import structlog
 from redis.asyncio import Redis
@@ -131,17 +132,14 @@ class Pipeline:
             return refusal
         headers = upstream_headers(scope["headers"], extra[0][1], ip, scope.get("scheme", "http"))
         target = request_target(scope)
+        forward = partial(self._upstreams.forward, route.upstream, method, target)
         if method == "GET" and claims and gate and route.cacheable and _revalidates(scope):
-            return await self._cached(
-                scope,
-                route=route,
-                target=target,
-                headers=headers,
-                claims=claims,
-                gate=gate,
-                extra=extra,
-            )
-        reply = await self._upstreams.forward(route.upstream, method, target, headers, body)
+            vary = [header(scope, name) for name in self._vary]
+            key = cache_key(claims.sub, gate.generation, path, scope["query_string"], vary)
+            # The entry serves every client, so fetch the full representation, not a 304.
+            unconditional = [(k, v) for k, v in headers if k not in _CONDITIONAL]
+            return await self._cached(scope, key, lambda: forward(unconditional, b""), extra)
+        reply = await forward(headers, body)
         extra.append((b"x-cache", b"BYPASS"))
         self._metrics.cache("bypass")
         if claims and method not in _SAFE_METHODS and 200 <= reply.status < 300:
@@ -197,26 +195,17 @@ class Pipeline:
     async def _cached(
         self,
         scope: Scope,
-        *,
-        route: Route,
-        target: str,
-        headers: list[Header],
-        claims: AccessClaims,
-        gate: GateResult,
+        key: str,
+        fetch: Callable[[], Awaitable[Reply]],
         extra: list[Header],
     ) -> Reply:
-        vary = [header(scope, name) for name in self._vary]
-        key = cache_key(claims.sub, gate.generation, scope["path"], scope["query_string"], vary)
+        """From the cache under `key`, else `fetch`ed (once for concurrent misses) and stored."""
         reply = await self._cache.get(key)
         state = b"HIT"
         if reply is None:
-            # The entry serves every client, so fetch the full representation, not a 304.
-            unconditional = [(k, v) for k, v in headers if k not in _CONDITIONAL]
 
             async def fill() -> Reply:
-                fresh = await self._upstreams.forward(
-                    route.upstream, "GET", target, unconditional, b""
-                )
+                fresh = await fetch()
                 if not storable(fresh, self._vary, self._settings.cache_max_body_bytes):
                     return fresh
                 fresh = with_validator(fresh)
