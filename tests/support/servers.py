@@ -2,7 +2,6 @@
 aiohttp "upstream" that echoes and counts what it receives."""
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +12,7 @@ from aiohttp import web
 from starlette.types import ASGIApp
 
 from tests.support.infra import free_port
+from tests.support.tasks import eventually
 
 
 @asynccontextmanager
@@ -32,14 +32,14 @@ async def serve_asgi(app: ASGIApp, port: int | None = None) -> AsyncIterator[str
     server = uvicorn.Server(config)
     # uvicorn installs signal handlers only in the main thread's own run(); serve() is enough.
     task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if task.done():
+
+    async def started() -> bool:
+        if task.done():  # its start-up failed: say why instead of waiting out the deadline
             task.result()
             raise RuntimeError("server exited during start-up")
-        if time.monotonic() > deadline:
-            raise TimeoutError("server did not start")
-        await asyncio.sleep(0.05)
+        return server.started
+
+    await eventually(started, within=60)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -1,10 +1,11 @@
 """Every error a FastAPI service raises answers as RFC 9457 problem+json."""
 
+import orjson
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict
 
-from common.problems import ProblemError, install_problem_handlers
+from common.problems import ProblemError, install_problem_handlers, problem_body, problem_response
 
 
 class Body(BaseModel):
@@ -54,4 +55,18 @@ def test_raised_problem_keeps_status_and_headers() -> None:
 def test_unknown_route_is_a_problem() -> None:
     response = TestClient(_app()).get("/nope")
     assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_one_document_for_responses_and_raw_replies() -> None:
+    raw = problem_body(404, "no such route", instance="/api/x")
+    assert orjson.loads(raw) == {
+        "type": "about:blank",
+        "title": "Not Found",
+        "status": 404,
+        "detail": "no such route",
+        "instance": "/api/x",
+    }
+    response = problem_response(404, "no such route", instance="/api/x")
+    assert response.body == raw
     assert response.headers["content-type"] == "application/problem+json"
