@@ -4,8 +4,10 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import aiohttp
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -87,27 +89,7 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
                 open_broker(settings, [TASKS_TOPIC, USERS_TOPIC], broker)
             )
 
-            verifier = TokenVerifier(
-                jwks_source(settings.static_jwks(), session, settings.jwks_url, JWKS_TIMEOUT_S),
-                issuer=settings.jwt_issuer,
-                audience=settings.jwt_audience,
-            )
-            cache = ResponseCache(
-                redis,
-                settings.redis_prefix,
-                settings.cache_ttl_s,
-                settings.cache_l1_entries,
-                settings.cache_l1_bytes,
-            )
-            upstreams = Upstreams(session, settings.upstream_options(), settings.connect_timeout_s)
-            parts.pipeline = Pipeline(
-                settings,
-                verifier=EdgeVerifier(verifier, settings.token_cache_size),
-                redis=redis,
-                cache=cache,
-                upstreams=upstreams,
-                metrics=metrics,
-            )
+            parts.pipeline = build_pipeline(settings, redis, session, metrics)
             sources = {
                 name: f"{url}/openapi.json"
                 for name, (url, _) in settings.upstream_options().items()
@@ -134,6 +116,32 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
     app = Gateway(parts, rest)
     return EdgeHeaders(
         app, settings.cors_origins, settings.cors_max_age_s, settings.cors_allow_credentials
+    )
+
+
+def build_pipeline(
+    settings: GatewaySettings, redis: "Redis", session: aiohttp.ClientSession, metrics: Metrics
+) -> Pipeline:
+    """The hot path over the lifespan's Redis client and upstream pool."""
+    verifier = TokenVerifier(
+        jwks_source(settings.static_jwks(), session, settings.jwks_url, JWKS_TIMEOUT_S),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
+    cache = ResponseCache(
+        redis,
+        settings.redis_prefix,
+        settings.cache_ttl_s,
+        settings.cache_l1_entries,
+        settings.cache_l1_bytes,
+    )
+    return Pipeline(
+        settings,
+        verifier=EdgeVerifier(verifier, settings.token_cache_size),
+        redis=redis,
+        cache=cache,
+        upstreams=Upstreams(session, settings.upstream_options(), settings.connect_timeout_s),
+        metrics=metrics,
     )
 
 
