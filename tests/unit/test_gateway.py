@@ -153,6 +153,13 @@ def test_cacheable_routes(path: str, cacheable: bool) -> None:
     assert route.cacheable is cacheable
 
 
+def test_the_pipeline_owns_the_api_namespace_and_the_key_set() -> None:
+    for path in ("/api", "/api/unknown", "/api/tasks", "/.well-known/jwks.json"):
+        assert TABLE.proxied(path), path
+    for path in ("/livez", "/metrics", "/openapi.json", "/docs", "/apix"):
+        assert not TABLE.proxied(path), path
+
+
 def test_only_a_post_to_login_counts_against_the_login_limits() -> None:
     login = TABLE.match("/api/auth/login")
     assert login is not None
