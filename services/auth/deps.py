@@ -8,7 +8,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from common.clock import utcnow
 from common.problems import ProblemError
-from common.tokens import TokenError, TokenVerifier
+from common.tokens import MAX_TOKEN_CHARS, WWW_AUTHENTICATE, TokenError, TokenVerifier
 from services.auth.domain import Passwords, Session, User
 from services.auth.keys import KeyRing
 from services.auth.schemas import UNAUTHORIZED
@@ -58,7 +58,7 @@ bearer = HTTPBearer(auto_error=False)
 
 def unauthorized() -> ProblemError:
     """The one answer to every credential or token that is not accepted."""
-    return ProblemError(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+    return ProblemError(401, UNAUTHORIZED, headers=WWW_AUTHENTICATE)
 
 
 async def get_caller(
@@ -66,7 +66,7 @@ async def get_caller(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
     """The caller of a route that needs a valid access token of a live session."""
-    if credentials is None or len(credentials.credentials) > 4096:
+    if credentials is None or len(credentials.credentials) > MAX_TOKEN_CHARS:
         raise unauthorized()
     try:
         claims = await deps.verifier.verify(credentials.credentials)
