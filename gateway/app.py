@@ -89,7 +89,9 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
                 open_broker(settings, [TASKS_TOPIC, USERS_TOPIC], broker)
             )
 
-            parts.pipeline = build_pipeline(settings, redis, session, metrics)
+            pipeline = build_pipeline(settings, redis, session, metrics)
+            await pipeline.open()
+            parts.pipeline = pipeline
             sources = {
                 name: f"{url}/openapi.json"
                 for name, (url, _) in settings.upstream_options().items()

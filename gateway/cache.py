@@ -164,6 +164,10 @@ class ResponseCache:
         finally:
             del self._inflight[key]
 
+    def forget_local(self) -> None:
+        """Drop every L1 entry (an invalidation that could not reach Redis)."""
+        self._l1.clear()
+
     def _remember(self, key: str, reply: Reply) -> None:
         with contextlib.suppress(ValueError):  # larger than all of L1: kept in L2 only
             self._l1[key] = reply

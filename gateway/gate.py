@@ -17,24 +17,36 @@ from redis.exceptions import NoScriptError
 
 from gateway.ratelimit import LimitCheck, LimitState
 
-# KEYS: revoked-session, revoked-user, generation, then one sorted set per limit check.
+# KEYS: revoked-session, revoked-user, generation, epoch, then one sorted set per limit check.
 # ARGV: unique member, token iat (-1: anonymous), then limit and window (ms) per check.
 # Returns: {revoked, generation, admitted, remaining_1, reset_ms_1, remaining_2, ...}
+# The epoch key holds "<id>:<lost_ms>" (EPOCH_SCRIPT sets "<id>:0" at start-up). Found missing,
+# Redis has lost its state (a restart without persistence, a failover): every revocation it held
+# is gone, so tokens issued before that moment are refused (their clients refresh, and auth
+# checks the session in its database); the new id makes every generation new, so no cache entry
+# from before (L1 included) can match a key again.
 GATE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local iat = tonumber(ARGV[2])
+local epoch = redis.call('GET', KEYS[4])
+if not epoch then
+  epoch = string.format('%d:%d', now, now)
+  redis.call('SET', KEYS[4], epoch)
+end
+local id, lost = string.match(epoch, '^(%d+):(%d+)$')
 if iat >= 0 then
+  if iat * 1000 < tonumber(lost) then return {1, '0', 0} end
   if redis.call('EXISTS', KEYS[1]) == 1 then return {1, '0', 0} end
   local before = redis.call('GET', KEYS[2])
   if before and iat < tonumber(before) then return {1, '0', 0} end
 end
-local gen = redis.call('GET', KEYS[3]) or '0'
-local n = #KEYS - 3
+local gen = (redis.call('GET', KEYS[3]) or '0') .. '.' .. id
+local n = #KEYS - 4
 local admitted = 1
 local counts = {}
 for i = 1, n do
-  local key = KEYS[3 + i]
+  local key = KEYS[4 + i]
   local limit = tonumber(ARGV[1 + 2 * i])
   local window = tonumber(ARGV[2 + 2 * i])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
@@ -43,7 +55,7 @@ for i = 1, n do
 end
 local out = {0, gen, admitted}
 for i = 1, n do
-  local key = KEYS[3 + i]
+  local key = KEYS[4 + i]
   local limit = tonumber(ARGV[1 + 2 * i])
   local window = tonumber(ARGV[2 + 2 * i])
   if admitted == 1 then
@@ -58,6 +70,16 @@ for i = 1, n do
   out[#out + 1] = reset
 end
 return out
+"""
+
+# A deployment's first start: an epoch with nothing lost (a running gateway that later finds
+# it missing knows Redis forgot). NX, so a restarted gateway never hides a loss already found.
+EPOCH_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('SET', KEYS[1], string.format('%d:0', now))
+end
 """
 
 
@@ -148,8 +170,13 @@ class Gate:
     """Runs the per-request script against Redis."""
 
     def __init__(self, redis: "Redis", prefix: str) -> None:
+        self._redis = redis
         self._prefix = prefix
         self._script = ScriptBatcher(redis, GATE_SCRIPT)
+
+    async def open_epoch(self) -> None:
+        """Create the epoch marker if this Redis has none (a first start); see GATE_SCRIPT."""
+        await self._redis.eval(EPOCH_SCRIPT, 1, self.key("epoch"))
 
     def key(self, name: str) -> str:
         """A Redis key in this deployment's namespace."""
@@ -158,13 +185,14 @@ class Gate:
     async def check(self, identity: Identity | None, checks: Sequence[LimitCheck]) -> GateResult:
         """Revocation, generation and limits for one request, atomically."""
         if identity is None:
-            head = [self.key("none")] * 3
+            head = [self.key("none")] * 3 + [self.key("epoch")]
             iat = -1
         else:
             head = [
                 self.key(f"rev:sid:{identity.session}"),
                 self.key(f"rev:user:{identity.user}"),
                 self.key(f"gen:{identity.user}"),
+                self.key("epoch"),
             ]
             iat = identity.issued_at
         keys = head + [self.key(check.key) for check in checks]

@@ -88,6 +88,14 @@ class Pipeline:
         self._last_outage_log = float("-inf")
         self._vary = tuple(name.lower().encode() for name in settings.cache_vary)
 
+    async def open(self) -> None:
+        """Mark this Redis' epoch (gateway.gate.EPOCH_SCRIPT); Redis down: the gate will."""
+        try:
+            await self._gate.open_epoch()
+        except RedisError as exc:
+            # Unknown whether it lost state: the first gate call fails closed on the epoch.
+            log.warning("redis unavailable at start-up", error=str(exc))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one proxied request."""
         # RequestIdMiddleware (gateway_stack) left a valid one in the scope.
@@ -229,6 +237,8 @@ class Pipeline:
         try:
             await bump_generation(self._redis, self._settings.redis_prefix, user)
         except RedisError as exc:
+            # The L2 entries wait for the task event; this process' L1 must not serve them.
+            self._cache.forget_local()
             log.warning("cache invalidation failed", user=user, error=str(exc))
 
 

@@ -213,128 +213,130 @@ def _quote(arg: str) -> str:
     return quoted.replace("%", "%%")
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one part listens: the variable that moves it, its default port, its URL form."""
+
+    name: str
+    port_env: str
+    default_port: int
+    url_form: str  # `{port}` is replaced by the port in effect
+
+    @property
+    def port(self) -> int:
+        """The port in effect (the variable, else the default)."""
+        return _env_port(self.port_env, self.default_port)
+
+    @property
+    def url(self) -> str:
+        """The URL clients use to reach the part."""
+        return self.url_form.format(port=self.port)
+
+
+# The one table every port, upstream URL and printed URL of the local stack is derived from.
+ENDPOINTS = {
+    e.name: e
+    for e in (
+        Endpoint("kafka", "TASKBUS_KAFKA_PORT", 9092, "127.0.0.1:{port}"),
+        Endpoint("kafka-controller", "TASKBUS_KAFKA_CONTROLLER_PORT", 9093, "127.0.0.1:{port}"),
+        Endpoint(
+            "ferretdb",
+            "TASKBUS_MONGO_PORT",
+            27017,
+            "mongodb://127.0.0.1:{port}/?directConnection=true",
+        ),
+        Endpoint("redis", "TASKBUS_REDIS_PORT", 6379, "redis://127.0.0.1:{port}/0"),
+        Endpoint("mailsink", "TASKBUS_SMTP_PORT", 1025, "smtp://127.0.0.1:{port}"),
+        Endpoint("auth", "AUTH_PORT", 8001, "http://127.0.0.1:{port}"),
+        Endpoint("tasks", "TASKS_PORT", 8002, "http://127.0.0.1:{port}"),
+        Endpoint("notifier", "NOTIFIER_PORT", 8003, "http://127.0.0.1:{port}"),
+        Endpoint("gateway", "GATEWAY_PORT", 8000, "http://127.0.0.1:{port}"),
+    )
+}
+APP_MODULES = {
+    "auth": "services.auth",
+    "tasks": "services.tasks",
+    "notifier": "services.notifier",
+    "gateway": "gateway",
+}
+
+
+def service_env(state: Path) -> dict[str, str]:
+    """Every service's view of where the others are, derived from ENDPOINTS."""
+    url = {name: e.url for name, e in ENDPOINTS.items()}
+    return {
+        "TASKBUS_KAFKA_BOOTSTRAP": url["kafka"],
+        "TASKBUS_MONGO_URL": url["ferretdb"],
+        "TASKBUS_REDIS_URL": url["redis"],
+        "TASKBUS_JWKS_URL": f"{url['auth']}/.well-known/jwks.json",
+        "TASKBUS_TRACE_DIR": str(state / "traces"),
+        "NOTIFIER_SMTP_HOST": "127.0.0.1",
+        "NOTIFIER_SMTP_PORT": str(ENDPOINTS["mailsink"].port),
+        "NOTIFIER_RESET_URL_TEMPLATE": f"{url['gateway']}/reset-password?token={{token}}",
+        "GATEWAY_AUTH_URL": url["auth"],
+        "GATEWAY_TASKS_URL": url["tasks"],
+        "GATEWAY_NOTIFIER_URL": url["notifier"],
+    }
+
+
+def _infra_part(name: str, command: list[str], check: HealthCheck) -> Part:
+    endpoint = ENDPOINTS[name]
+    ports = (endpoint.port, ENDPOINTS["kafka-controller"].port) if name == "kafka" else ()
+    return Part(
+        name,
+        "infra",
+        ports or (endpoint.port,),
+        endpoint.port_env,
+        endpoint.url,
+        command,
+        check,
+    )
+
+
+def _infra(state: Path, cache: Path) -> list[Part]:
+    url = {name: e.url for name, e in ENDPOINTS.items()}
+    mongo, redis, smtp = (ENDPOINTS[n].port for n in ("ferretdb", "redis", "mailsink"))
+    ferretdb = [
+        str(cache / "bin" / "ferretdb"),
+        "--handler=sqlite",
+        f"--sqlite-url=file:{state / 'ferretdb' / 'data'}/",
+        f"--listen-addr=127.0.0.1:{mongo}",
+        f"--state-dir={state / 'ferretdb' / 'state'}",
+        "--telemetry=disable",
+        "--debug-addr=-",
+        "--log-level=warn",
+    ]
+    redis_server = ["redis-server", "--port", str(redis), "--bind", "127.0.0.1", "--save", ""]
+    redis_server += ["--appendonly", "no", "--dir", str(state / "redis"), "--daemonize", "no"]
+    sink = [sys.executable, "-m", "deploy.local.mailsink", "--port", str(smtp)]
+    sink += ["--dir", str(state / "mail")]
+    return [
+        _infra_part("kafka", [], lambda: check_kafka(url["kafka"])),
+        _infra_part("ferretdb", ferretdb, lambda: check_mongo(url["ferretdb"])),
+        _infra_part("redis", redis_server, lambda: check_redis(url["redis"])),
+        _infra_part("mailsink", sink, lambda: check_smtp(smtp)),
+    ]
+
+
+def _app(name: str, env: dict[str, str]) -> Part:
+    endpoint = ENDPOINTS[name]
+    return Part(
+        name,
+        "app",
+        (endpoint.port,),
+        endpoint.port_env,
+        endpoint.url,
+        [sys.executable, "-m", APP_MODULES[name]],
+        http_check(f"{endpoint.url}/readyz"),
+        {**env, endpoint.port_env: str(endpoint.port)},
+    )
+
+
 def load_stack() -> Stack:
     """The stack as configured by the environment (ports and directories)."""
     state = Path(os.environ.get("TASKBUS_STATE_DIR", ROOT / "var")).resolve()
     cache = Path(os.environ.get("TASKBUS_CACHE", ROOT / "var")).resolve()
-    kafka = _env_port("TASKBUS_KAFKA_PORT", 9092)
-    controller = _env_port("TASKBUS_KAFKA_CONTROLLER_PORT", 9093)
-    mongo = _env_port("TASKBUS_MONGO_PORT", 27017)
-    redis = _env_port("TASKBUS_REDIS_PORT", 6379)
-    smtp = _env_port("TASKBUS_SMTP_PORT", 1025)
-    ports = {
-        name: _env_port(f"{name.upper()}_PORT", default)
-        for name, default in (
-            ("gateway", 8000),
-            ("auth", 8001),
-            ("tasks", 8002),
-            ("notifier", 8003),
-        )
-    }
-    kafka_bootstrap = f"127.0.0.1:{kafka}"
-    mongo_url = f"mongodb://127.0.0.1:{mongo}/?directConnection=true"
-    redis_url = f"redis://127.0.0.1:{redis}/0"
-    ferretdb = str(cache / "bin" / "ferretdb")
-    infra = [
-        Part(
-            "kafka",
-            "infra",
-            (kafka, controller),
-            "TASKBUS_KAFKA_PORT",
-            kafka_bootstrap,
-            [],
-            lambda: check_kafka(kafka_bootstrap),
-        ),
-        Part(
-            "ferretdb",
-            "infra",
-            (mongo,),
-            "TASKBUS_MONGO_PORT",
-            mongo_url,
-            [
-                ferretdb,
-                "--handler=sqlite",
-                f"--sqlite-url=file:{state / 'ferretdb' / 'data'}/",
-                f"--listen-addr=127.0.0.1:{mongo}",
-                f"--state-dir={state / 'ferretdb' / 'state'}",
-                "--telemetry=disable",
-                "--debug-addr=-",
-                "--log-level=warn",
-            ],
-            lambda: check_mongo(mongo_url),
-        ),
-        Part(
-            "redis",
-            "infra",
-            (redis,),
-            "TASKBUS_REDIS_PORT",
-            redis_url,
-            [
-                "redis-server",
-                "--port",
-                str(redis),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(state / "redis"),
-                "--daemonize",
-                "no",
-            ],
-            lambda: check_redis(redis_url),
-        ),
-        Part(
-            "mailsink",
-            "infra",
-            (smtp,),
-            "TASKBUS_SMTP_PORT",
-            f"smtp://127.0.0.1:{smtp}",
-            [
-                sys.executable,
-                "-m",
-                "deploy.local.mailsink",
-                "--port",
-                str(smtp),
-                "--dir",
-                str(state / "mail"),
-            ],
-            lambda: check_smtp(smtp),
-        ),
-    ]
-    shared_env = {
-        "TASKBUS_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "TASKBUS_MONGO_URL": mongo_url,
-        "TASKBUS_REDIS_URL": redis_url,
-        "TASKBUS_TRACE_DIR": str(state / "traces"),
-        "NOTIFIER_SMTP_PORT": str(smtp),
-        "GATEWAY_AUTH_URL": f"http://127.0.0.1:{ports['auth']}",
-        "GATEWAY_TASKS_URL": f"http://127.0.0.1:{ports['tasks']}",
-    }
-    modules = {
-        "gateway": "gateway",
-        "auth": "services.auth",
-        "tasks": "services.tasks",
-        "notifier": "services.notifier",
-    }
-    apps = [
-        Part(
-            name,
-            "app",
-            (port,),
-            f"{name.upper()}_PORT",
-            f"http://127.0.0.1:{port}",
-            [sys.executable, "-m", modules[name]],
-            http_check(f"http://127.0.0.1:{port}/readyz"),
-            {**shared_env, f"{name.upper()}_PORT": str(port)},
-        )
-        for name, port in (
-            ("auth", ports["auth"]),
-            ("tasks", ports["tasks"]),
-            ("notifier", ports["notifier"]),
-            ("gateway", ports["gateway"]),
-        )
-    ]
-    return Stack(state, cache, infra, apps, kafka, controller)
+    env = service_env(state)
+    apps = [_app(name, env) for name in APP_MODULES]
+    kafka, controller = ENDPOINTS["kafka"].port, ENDPOINTS["kafka-controller"].port
+    return Stack(state, cache, _infra(state, cache), apps, kafka, controller)

@@ -232,7 +232,8 @@ async def test_a_malformed_event_does_not_block_the_ones_behind_it(stack: Stack)
 async def test_an_event_redis_could_not_take_is_applied_once_redis_is_back() -> None:
     key = SigningKey.generate()
     tasks = await EchoUpstream("tasks").start()
-    server = RedisServer().start()
+    # Redis keeps what it had (as deployed, with its append-only file): only the event may bump.
+    server = RedisServer(persistent=True).start()
     settings = gateway_settings(
         f"gwe{uuid.uuid4().hex[:10]}", key, tasks.url, redis_url=server.url, cache_ttl_s=600
     )
@@ -254,7 +255,7 @@ async def test_an_event_redis_could_not_take_is_applied_once_redis_is_back() -> 
 
                 await eventually(refused_by_redis)
             server.start()
-            # Redis came back empty: generation "0" again, so the L1 entry would be a HIT,
+            # Redis came back with the old generation, so the L1 entry would be a HIT,
             # until the redelivered event bumps the owner's generation.
 
             async def missed() -> bool:
@@ -263,5 +264,5 @@ async def test_an_event_redis_could_not_take_is_applied_once_redis_is_back() -> 
             await eventually(missed)
             await broker.stop()
     finally:
-        server.kill()
+        server.stop()
         await tasks.stop()
