@@ -1,5 +1,6 @@
 """Clients for the shared infrastructure, opened in a lifespan and closed with it."""
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,7 +21,9 @@ async def open_mongo(settings: ServiceSettings) -> AsyncIterator[MongoClient]:
     client: MongoClient = AsyncMongoClient(
         settings.mongo_url,
         tz_aware=True,
-        serverSelectionTimeoutMS=5000,
+        serverSelectionTimeoutMS=settings.mongo_server_selection_timeout_ms,
+        connectTimeoutMS=settings.mongo_connect_timeout_ms,
+        socketTimeoutMS=settings.mongo_socket_timeout_ms,
         appname=settings.service_name,
     )
     try:
@@ -69,3 +72,15 @@ async def ping_kafka(broker: KafkaBroker) -> None:
 async def ping_redis(client: "Redis") -> None:
     """Readiness check: Redis answers PING."""
     await client.ping()
+
+
+async def ping_smtp(host: str, port: int) -> None:
+    """Readiness check: the SMTP relay accepts a connection and greets with 220."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        banner = await reader.readline()
+        if not banner.startswith(b"220"):
+            raise ConnectionError(f"unexpected SMTP greeting {banner[:40]!r}")
+    finally:
+        writer.close()
+        await writer.wait_closed()

@@ -8,6 +8,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
+from common.infra import ping_smtp
+
 CHECK_TIMEOUT_S = 3.0
 HealthCheck = Callable[[], Awaitable[None]]
 
@@ -40,14 +42,8 @@ async def check_redis(url: str) -> None:
 
 
 async def check_smtp(port: int) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        greeting = await reader.readline()
-        if not greeting.startswith(b"220"):
-            raise ConnectionError(f"unexpected greeting {greeting!r}")
-    finally:
-        writer.close()
-        await writer.wait_closed()
+    """The local SMTP sink greets."""
+    await ping_smtp("127.0.0.1", port)
 
 
 def http_check(url: str) -> HealthCheck:

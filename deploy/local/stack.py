@@ -1,6 +1,6 @@
 """Runs the whole Taskbus stack on this machine without Docker, under supervisord.
 
-    python -m deploy.local.stack up [--infra]     start (idempotent), wait until healthy, print URLs
+    python -m deploy.local.stack up [--infra|--apps] start, wait until healthy, print URLs
     python -m deploy.local.stack down             stop everything, leave no process behind
     python -m deploy.local.stack status           what runs and whether it is healthy
     python -m deploy.local.stack logs [PART] [-f] the logs under var/log
@@ -138,9 +138,15 @@ def _start_supervisord(stack: Stack) -> None:
         time.sleep(0.1)
 
 
-def up(stack: Stack, *, infra_only: bool) -> bool:
-    """Start what is not running and wait until healthy; True if supervisord was started here."""
-    groups = [("infra", stack.infra, INFRA_TIMEOUT_S)]
+def up(stack: Stack, *, infra_only: bool, apps_only: bool = False) -> bool:
+    """Start what is not running and wait until healthy; True if supervisord was started here.
+
+    `apps_only` starts the services against infrastructure that is already running elsewhere
+    (another state directory), after checking it is healthy.
+    """
+    groups = [] if apps_only else [("infra", stack.infra, INFRA_TIMEOUT_S)]
+    if apps_only:
+        asyncio.run(_wait_healthy(stack, stack.infra, INFRA_TIMEOUT_S))
     if not infra_only:
         groups.append(("app", stack.apps, APP_TIMEOUT_S))
     started_supervisor = _supervisord_pid(stack) is None
@@ -158,6 +164,8 @@ def up(stack: Stack, *, infra_only: bool) -> bool:
 def down(stack: Stack) -> None:
     """Stop every part and supervisord itself; fail if a port is still held afterwards."""
     pid = _supervisord_pid(stack)
+    everything = {p.name for p in stack.all_parts}
+    ran = {n for n, st in _states(stack).items() if st != "STOPPED"} if pid else everything
     if pid is not None:
         _ctl(stack, "stop", "app:*")
         _ctl(stack, "stop", "infra:*")
@@ -167,7 +175,9 @@ def down(stack: Stack) -> None:
             time.sleep(0.2)
         if _supervisord_pid(stack) is not None:
             raise StackError(f"supervisord (pid {pid}) did not exit within 60s")
-    held = [f"{p.name}:{port}" for p in stack.all_parts for port in p.ports if _port_in_use(port)]
+    # Only parts this supervisor ran: with `up --apps` the infrastructure belongs to another.
+    parts = [p for p in stack.all_parts if p.name in ran]
+    held = [f"{p.name}:{port}" for p in parts for port in p.ports if _port_in_use(port)]
     if held:
         raise StackError("still listening after down: " + ", ".join(held))
     print("stack stopped")
@@ -221,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up")
-    p_up.add_argument("--infra", action="store_true", help="only Kafka, FerretDB, Redis, SMTP")
+    only = p_up.add_mutually_exclusive_group()
+    only.add_argument("--infra", action="store_true", help="only Kafka, FerretDB, Redis, SMTP")
+    only.add_argument("--apps", action="store_true", help="only the services, on running infra")
     sub.add_parser("down")
     sub.add_parser("status")
     p_logs = sub.add_parser("logs")
@@ -235,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = load_stack()
     try:
         if args.cmd == "up":
-            up(stack, infra_only=args.infra)
+            up(stack, infra_only=args.infra, apps_only=args.apps)
             print_urls(stack, infra_only=args.infra)
         elif args.cmd == "down":
             down(stack)

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from pymongo.errors import PyMongoError
 
 from common.health import Check, health_routes
-from common.infra import open_broker, open_mongo, ping_kafka, ping_mongo
+from common.infra import open_broker, open_mongo, ping_kafka, ping_mongo, ping_smtp
 from common.kafka import make_broker
 from common.limits import BodyLimit
 from common.problems import install_problem_handlers
@@ -29,18 +29,6 @@ log = structlog.get_logger(__name__)
 PRUNE_INTERVAL_S = 3600.0
 
 
-async def _ping_smtp(settings: NotifierSettings) -> None:
-    """The SMTP relay accepts connections and greets."""
-    reader, writer = await asyncio.open_connection(settings.smtp_host, settings.smtp_port)
-    try:
-        banner = await reader.readline()
-        if not banner.startswith(b"220"):
-            raise ConnectionError(f"unexpected SMTP greeting {banner[:40]!r}")
-    finally:
-        writer.close()
-        await writer.wait_closed()
-
-
 async def _prune_forever(store: Store, settings: NotifierSettings) -> None:
     """Hourly, drop ledger entries older than the retention (every replica may do it)."""
     while True:
@@ -55,7 +43,7 @@ async def _prune_forever(store: Store, settings: NotifierSettings) -> None:
 
 def create_app(settings: NotifierSettings) -> FastAPI:
     """Build the notifier app; clients are made in the lifespan, not here."""
-    checks: dict[str, Check] = {"smtp": lambda: _ping_smtp(settings)}
+    checks: dict[str, Check] = {"smtp": lambda: ping_smtp(settings.smtp_host, settings.smtp_port)}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

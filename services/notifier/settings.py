@@ -29,8 +29,6 @@ class NotifierSettings(ServiceSettings):
     service_name: str = "notifier"
     port: int = 8003
     mongo_db: str = "taskbus_notifier"
-    # Optional fixed JWKS (JSON text); when set, the JWKS URL is not fetched.
-
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
     smtp_security: Literal["none", "starttls", "tls"] = "none"
@@ -75,7 +73,3 @@ class NotifierSettings(ServiceSettings):
             if self.smtp_security == "none" and not _is_loopback(self.smtp_host):
                 raise ValueError("production refuses plain SMTP to a non-local relay")
         return self
-
-    def retry_delay_s(self, tier: int) -> float:
-        """The nominal delay before the attempt made from retry tier `tier` (0-based)."""
-        return float(self.retry_base_delay_s * self.retry_factor**tier)
