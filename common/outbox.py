@@ -152,6 +152,7 @@ class OutboxRelay:
         batch: int = 100,
         parallel: int = 16,
         lease_s: float = 30.0,
+        backlog_every_s: float = 10.0,
     ) -> None:
         self._sources = tuple(sources)
         self._publish = publish
@@ -160,7 +161,9 @@ class OutboxRelay:
         self._batch = batch
         self._parallel = asyncio.Semaphore(parallel)
         self._wake = asyncio.Event()
-        self._backlog = BacklogGauge(service, self.pending_events)
+        self._backlog = BacklogGauge(service, self._count_backlog, every_s=backlog_every_s)
+        self._backlog_every_s = backlog_every_s
+        self.backlog = 0  # the last count: writers read it without scanning (backpressure)
 
     def wake(self) -> None:
         """Relay now instead of at the next interval (a write just queued an event)."""
@@ -178,6 +181,20 @@ class OutboxRelay:
                 timeout = _RETRY_AFTER_ERROR_S
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def watch_backlog(self) -> None:
+        """Keep `backlog` current even on a replica that leaves publishing to others."""
+        while True:
+            try:
+                with suppress_instrumentation():
+                    await self._backlog.refresh()
+            except Exception:  # a database outage must not end the watch; it is logged
+                log.exception("outbox backlog count failed")
+            await asyncio.sleep(self._backlog_every_s)
+
+    async def _count_backlog(self) -> int:
+        self.backlog = await self.pending_events()
+        return self.backlog
 
     async def drain(self) -> int:
         """Visit every pending document now; how many events were published."""

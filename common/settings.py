@@ -3,7 +3,7 @@
 from typing import Any, Literal
 
 import orjson
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -32,6 +32,11 @@ class ServiceSettings(BaseSettings):
     topic_prefix: str = ""
     kafka_partitions: int = 6
     mongo_url: str = "mongodb://127.0.0.1:27017/?directConnection=true"
+    # A database that is down must fail a request well inside the gateway's upstream deadline
+    # (5 s for tasks), so clients get a prompt 503 rather than a 504 or 500 by chance.
+    mongo_server_selection_timeout_ms: int = Field(default=2000, gt=0)
+    mongo_connect_timeout_ms: int = Field(default=1000, gt=0)
+    mongo_socket_timeout_ms: int = Field(default=3000, gt=0)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "taskbus:"
     # Access tokens: who issues them, for whom, and where the verification keys are published.

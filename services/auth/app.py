@@ -5,17 +5,16 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from fastapi import FastAPI, Request
-from pymongo.errors import ConnectionFailure
+from fastapi import FastAPI
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from starlette.responses import Response
 
 from common.events import USERS_TOPIC
 from common.health import Check, health_routes
-from common.infra import open_broker, open_mongo, open_redis, ping_kafka, ping_mongo, ping_redis
+from common.infra import open_broker, open_mongo, open_redis, ping_mongo, ping_redis
 from common.limits import BodyLimit
-from common.problems import install_problem_handlers, problem_response
+from common.problems import install_problem_handlers
+from common.unavailable import install_failure_handlers
 from services.auth.api import jwks_router, router
 from services.auth.deps import Deps
 from services.auth.domain import Passwords
@@ -83,39 +82,20 @@ def create_app(settings: AuthSettings) -> FastAPI:
                 keys=keys,
                 verifier=keys.verifier(issuer=settings.jwt_issuer, audience=settings.jwt_audience),
             )
+            # Not Kafka: writes go to the outbox and the relay catches up after a broker outage.
             checks["mongo"] = lambda: ping_mongo(mongo)
-            checks["kafka"] = lambda: ping_kafka(broker)
             checks["redis"] = lambda: ping_redis(redis)
             stack.push_async_callback(_cancel, asyncio.create_task(relay.run()))
             yield
 
     app = FastAPI(title="Taskbus auth", lifespan=lifespan)
     install_problem_handlers(app)
-    _install_failure_handlers(app)
+    install_failure_handlers(app, RedisConnectionError, RedisTimeoutError)
     app.include_router(router)
     app.include_router(jwks_router)
     app.router.routes.extend(health_routes(lambda: checks))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
-
-
-def _install_failure_handlers(app: FastAPI) -> None:
-    """A dependency that is down answers 503 problem+json, anything unexpected 500 problem+json."""
-
-    async def unavailable(request: Request, _: Exception) -> Response:
-        return problem_response(
-            503,
-            "a dependency is unavailable; retry shortly",
-            instance=request.url.path,
-            headers={"Retry-After": "2"},
-        )
-
-    async def unexpected(request: Request, _: Exception) -> Response:
-        return problem_response(500, "unexpected error", instance=request.url.path)
-
-    for error in (ConnectionFailure, RedisConnectionError, RedisTimeoutError):
-        app.add_exception_handler(error, unavailable)
-    app.add_exception_handler(Exception, unexpected)
 
 
 async def _cancel(task: "asyncio.Task[None]") -> None:

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from common.problems import ProblemError, problem_response
 from common.tokens import TokenVerifier, verify_bearer
 from services.tasks.domain import (
+    BacklogFullError,
     BusyError,
     IdempotencyMismatchError,
     IdempotentTaskGoneError,
@@ -43,6 +44,7 @@ _ERRORS: dict[type[TaskError], tuple[int, str]] = {
     IdempotencyMismatchError: (422, "Idempotency-Key was already used for another request"),
     IdempotentTaskGoneError: (409, "the task this Idempotency-Key created has been deleted"),
     BusyError: (503, "the task is busy; retry shortly"),
+    BacklogFullError: (503, "too many events wait to be published; retry shortly"),
 }
 
 

@@ -9,10 +9,11 @@ from fastapi import FastAPI
 
 from common.events import TASKS_TOPIC
 from common.health import Check, health_routes
-from common.infra import open_broker, open_mongo, ping_kafka, ping_mongo
+from common.infra import open_broker, open_mongo, ping_mongo
 from common.limits import BodyLimit
 from common.problems import install_problem_handlers
 from common.tokens import TokenVerifier, jwks_source
+from common.unavailable import LoadShedder, install_failure_handlers
 from services.tasks.api import (
     Deps,
     install_task_error_handlers,
@@ -54,13 +55,17 @@ def create_app(settings: TasksSettings) -> FastAPI:
                 audience=settings.jwt_audience,
             )
             app.state.deps = Deps(
-                tasks=TaskService(store, written=relay.wake),
+                tasks=TaskService(
+                    store,
+                    written=relay.wake,
+                    backlog_full=lambda: relay.backlog > settings.backlog_max,
+                ),
                 verifier=verifier,
                 cursor_secret=settings.cursor_secret.get_secret_value().encode(),
             )
             # Stopped before the broker closes (exit stack order), so nothing publishes late.
             # Relay leases use lock documents even when write locks are off: always swept.
-            loops = [store.locks.sweep_forever()]
+            loops = [store.locks.sweep_forever(), relay.watch_backlog()]
             if settings.relay_enabled:
                 loops.append(relay.run())
             if settings.reminders_enabled:
@@ -68,14 +73,22 @@ def create_app(settings: TasksSettings) -> FastAPI:
                 loops.append(ReminderScan(reminders, settings, relay).run())
             for loop in loops:
                 stack.push_async_callback(_stop, asyncio.create_task(loop))
+            # Not Kafka: writes go to the outbox and the relay catches up after a broker outage.
             checks["mongo"] = lambda: ping_mongo(mongo)
-            checks["kafka"] = lambda: ping_kafka(broker)
             yield
 
     app = FastAPI(title="Taskbus tasks", lifespan=lifespan)
     install_problem_handlers(app)
+    install_failure_handlers(app)
     install_task_error_handlers(app)
     app.include_router(router)
     app.router.routes.extend(health_routes(lambda: checks))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Outermost of the app's own middleware: a shed request costs no body read or routing.
+    app.add_middleware(
+        LoadShedder,
+        limit=settings.shed_limit,
+        queue=settings.shed_queue,
+        wait_s=settings.shed_wait_s,
+    )
     return app

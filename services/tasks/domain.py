@@ -64,6 +64,10 @@ class BusyError(TaskError):
     """The task is locked by a concurrent writer for too long, or its outbox is full."""
 
 
+class BacklogFullError(TaskError):
+    """Too many events wait for the relay: writes are refused until it catches up."""
+
+
 def _to_ms(value: datetime | None) -> datetime | None:
     if value is None:
         return None

@@ -60,6 +60,7 @@ def outbox_relay(
         interval_s=settings.relay_interval_s,
         batch=settings.relay_batch,
         lease_s=settings.relay_lease_s,
+        backlog_every_s=settings.backlog_refresh_s,
     )
 
 

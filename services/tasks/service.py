@@ -11,6 +11,7 @@ from typing import Protocol
 from common.clock import Clock, utcnow
 from common.events import Envelope, TaskCreated, TaskDeleted
 from services.tasks.domain import (
+    BacklogFullError,
     BusyError,
     CursorPosition,
     ListQuery,
@@ -69,14 +70,22 @@ class TaskService:
         store: TaskStorage,
         *,
         written: Callable[[], None],
+        backlog_full: Callable[[], bool] = lambda: False,
         clock: Clock = utcnow,
     ) -> None:
         self._store = store
         self._written = written  # wakes the outbox relay
+        self._backlog_full = backlog_full
         self._clock = clock
+
+    def _admit_write(self) -> None:
+        # Backpressure: a write would add events the relay cannot publish in time.
+        if self._backlog_full():
+            raise BacklogFullError("outbox backlog past its bound")
 
     async def create(self, owner: str, body: TaskCreate, idem_key: str | None) -> tuple[Task, bool]:
         """A new task; (the first result, True) for an Idempotency-Key retry."""
+        self._admit_write()
         task = new_task(new_task_id(), owner, body, self._clock())
         event = wrap(TaskCreated(task=task.snapshot()), owner)
         stored = await self._store.create(
@@ -103,6 +112,7 @@ class TaskService:
         self, owner: str, task_id: str, patch: TaskPatch, if_match: str | None
     ) -> Task:
         """Apply the patch; PreconditionFailedError when If-Match names another version."""
+        self._admit_write()
         async with self._store.locked(task_id):
             for _ in range(ATTEMPTS):
                 before = await self._store.load(owner, task_id)
@@ -117,6 +127,7 @@ class TaskService:
 
     async def delete(self, owner: str, task_id: str, if_match: str | None) -> None:
         """Delete the task; PreconditionFailedError when If-Match names another version."""
+        self._admit_write()
         async with self._store.locked(task_id):
             for _ in range(ATTEMPTS):
                 before = await self._store.load(owner, task_id)

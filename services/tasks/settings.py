@@ -32,6 +32,14 @@ class TasksSettings(ServiceSettings):
     relay_interval_s: float = Field(default=1.0, gt=0)
     relay_batch: int = Field(default=100, ge=1)
     relay_lease_s: float = Field(default=30.0, gt=0)
+    # Writes are refused (503) while more events than this wait in the outboxes, so consumers do
+    # not fall ever further behind; the count is the relay's, refreshed every backlog_refresh_s.
+    backlog_max: int = Field(default=5000, ge=1)
+    backlog_refresh_s: float = Field(default=2.0, gt=0)
+    # Load shedding: requests served at once, how many may wait for a slot and for how long.
+    shed_limit: int = Field(default=32, ge=1)
+    shed_queue: int = Field(default=64, ge=0)
+    shed_wait_s: float = Field(default=0.5, ge=0)
     reminder_lead_s: float = Field(default=3600.0, ge=0)
     reminder_interval_s: float = Field(default=30.0, gt=0)
 
