@@ -8,6 +8,7 @@ import pytest
 
 from common.events import Envelope
 from services.tasks.domain import (
+    BacklogFullError,
     BusyError,
     CursorPosition,
     ListQuery,
@@ -137,3 +138,17 @@ async def test_delete_buries_the_task_with_its_event() -> None:
     assert len(wakes) == 1
     with pytest.raises(TaskNotFoundError):
         await service.get("u1", "a" * 24)
+
+
+async def test_writes_are_refused_while_the_backlog_is_full_and_reads_keep_working() -> None:
+    task = new_task("a" * 24, "u1", TaskCreate(title="t"), NOW)
+    store, full = FakeStore(task, 0), [True]
+    service = TaskService(store, written=lambda: None, backlog_full=lambda: full[0])
+    with pytest.raises(BacklogFullError):
+        await service.update("u1", "a" * 24, TaskPatch(title="new"), None)
+    with pytest.raises(BacklogFullError):
+        await service.delete("u1", "a" * 24, None)
+    assert (await service.get("u1", "a" * 24)).title == "t"
+    assert store.events == []  # accounting: 2 refused, 0 written, 0 lost
+    full[0] = False
+    assert (await service.update("u1", "a" * 24, TaskPatch(title="new"), None)).title == "new"
