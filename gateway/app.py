@@ -25,7 +25,7 @@ from gateway.auth import EdgeVerifier
 from gateway.cache import ResponseCache
 from gateway.docs import ApiDocs, doc_routes
 from gateway.events import subscribe
-from gateway.headers import EdgeHeaders
+from gateway.headers import EdgeHeaders, header_bytes
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.proxy import Upstreams, open_session
@@ -46,12 +46,18 @@ class Parts:
 class Gateway:
     """Routes the API straight to the pipeline; probes, docs and metrics go through Starlette."""
 
-    def __init__(self, parts: Parts, rest: Starlette) -> None:
+    def __init__(self, parts: Parts, rest: Starlette, max_header_bytes: int) -> None:
         self._parts = parts
         self._rest = rest
+        self._max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Dispatch one ASGI event."""
+        if scope["type"] == "http" and header_bytes(scope) > self._max_header_bytes:
+            # Before routing and any token work: a huge header must cost nothing more.
+            detail = f"request headers exceed {self._max_header_bytes} bytes"
+            await send_reply(send, problem(431, detail, scope["path"]), [])
+            return
         if scope["type"] == "http" and TABLE.proxied(scope["path"]):
             pipeline = self._parts.pipeline
             if pipeline is None:
@@ -115,7 +121,7 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
         lifespan=lifespan,
         exception_handlers={HTTPException: on_http_error},
     )
-    app = Gateway(parts, rest)
+    app = Gateway(parts, rest, settings.max_header_bytes)
     return EdgeHeaders(
         app, settings.cors_origins, settings.cors_max_age_s, settings.cors_allow_credentials
     )

@@ -57,6 +57,11 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def header_bytes(scope: Scope) -> int:
+    """The request's header section size as sent: name, ": ", value and CRLF per field."""
+    return sum(len(key) + len(value) + 4 for key, value in scope["headers"])
+
+
 _DEFAULT_SET = ((b"content-security-policy", DEFAULT_CSP.encode()), *HELMET_HEADERS)
 _DOCS_SET = ((b"content-security-policy", DOCS_CSP.encode()), *HELMET_HEADERS)
 

@@ -2,6 +2,7 @@
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -36,6 +37,30 @@ _RESPONSE_DROP = frozenset(
     }
 )
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# A reused keep-alive connection the service had closed (or reset) under the request.
+_CLOSED_UNDER_US = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+def origin_of(url: str) -> str:
+    """scheme://host[:port] of an absolute URL, lower-cased ("" for a relative one)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else ""
+
+
+def relative_location(value: str, origins: frozenset[str]) -> str:
+    """A Location pointing at an upstream, as a path on the gateway; any other left as it is."""
+    if origin_of(value) not in origins:
+        return value
+    parts = urlsplit(value)
+    path = parts.path or "/"
+    query = f"?{parts.query}" if parts.query else ""
+    fragment = f"#{parts.fragment}" if parts.fragment else ""
+    return f"{path}{query}{fragment}"
+
+
+def retryable(method: str, headers: list[Header]) -> bool:
+    """Safe to send again: idempotent by method, or made so by an Idempotency-Key."""
+    return method in _IDEMPOTENT or any(k == b"idempotency-key" for k, _ in headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +102,8 @@ class Upstreams:
             )
             for name, (url, deadline) in options.items()
         }
+        # The services' own addresses must never reach a client (a redirect's Location).
+        self._origins = frozenset(origin_of(u.base_url) for u in self._upstreams.values())
 
     async def forward(
         self, name: str, method: str, target: str, headers: list[Header], body: bytes
@@ -87,14 +114,17 @@ class Upstreams:
         for attempt in (1, 2):
             try:
                 return await self._exchange(upstream, method, target, headers, body)
-            except aiohttp.ServerDisconnectedError:
-                # A pooled keep-alive connection the service had closed: safe to retry once.
-                if attempt == 2 or method not in _IDEMPOTENT:
-                    return problem(502, f"{name} closed the connection", path)
             except TimeoutError:
                 return problem(504, f"{name} did not answer in time", path)
             except aiohttp.ClientConnectorError:
+                # Never connected, so the request never reached it.
                 return problem(503, f"{name} is unavailable", path, {"Retry-After": "1"})
+            except _CLOSED_UNDER_US:
+                # Closed before any response byte: a fresh connection gets one more try, if
+                # sending the request twice cannot do its work twice (aiohttp cannot tell
+                # whether the service read it).
+                if attempt == 2 or not retryable(method, headers):
+                    return problem(502, f"{name} closed the connection", path)
             except aiohttp.ClientError:
                 return problem(502, f"{name} sent an invalid response", path)
         raise AssertionError("unreachable")
@@ -117,7 +147,13 @@ class Upstreams:
             kept = [
                 (k.lower(), v) for k, v in response.raw_headers if k.lower() not in _RESPONSE_DROP
             ]
-            return Reply(response.status, kept, payload)
+            return Reply(response.status, [self._public(k, v) for k, v in kept], payload)
+
+    def _public(self, name: bytes, value: bytes) -> Header:
+        """A response header as the client may see it (Location without a service's origin)."""
+        if name != b"location":
+            return name, value
+        return name, relative_location(value.decode("latin-1"), self._origins).encode("latin-1")
 
 
 async def fetch_json(session: aiohttp.ClientSession, url: str, timeout_s: float) -> object:

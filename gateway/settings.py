@@ -51,6 +51,9 @@ class GatewaySettings(ServiceSettings):
     connect_timeout_s: float = 1.0
     upstream_pool_size: int = 256
     max_body_bytes: int = 1_048_576
+    # Whole request header section (431 past it); a bearer token has its own bound in
+    # common.tokens.
+    max_header_bytes: int = 16_384
     token_cache_size: int = 10_000
     # Longest access-token lifetime auth issues: how long a revocation must be remembered.
     max_token_lifetime_s: int = 3600

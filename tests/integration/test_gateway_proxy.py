@@ -308,3 +308,33 @@ async def test_metrics_count_cache_results_and_limiter_decisions(stack: Stack) -
     assert 'taskbus_gateway_cache_total{result="miss"}' in text
     decision = 'taskbus_gateway_ratelimit_decisions_total{decision="admitted",policy="api-user"}'
     assert decision in text
+
+
+async def test_oversized_request_headers_are_refused_with_431_before_any_token_work(
+    stack: Stack,
+) -> None:
+    before = stack.tasks.hits["/api/tasks"]
+    huge = {"Authorization": "Bearer " + "a" * 20_000}
+    refused = await stack.client.get("/api/tasks", headers=huge)
+    assert refused.status_code == 431
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["status"] == 431
+    assert_helmet(refused)
+    many = {f"x-pad-{i}": "p" * 1000 for i in range(20)}
+    assert (await stack.client.get("/healthz", headers=many)).status_code == 431
+    assert stack.tasks.hits["/api/tasks"] == before
+    within = {**stack.bearer(), "x-pad": "p" * 8000}
+    assert (await stack.client.get("/api/tasks", headers=within)).status_code == 200
+
+
+async def test_a_redirect_to_the_service_itself_leaves_as_a_path_on_the_gateway(
+    stack: Stack,
+) -> None:
+    own = {**stack.bearer(), "x-echo-status": "307", "x-echo-location": "{origin}/api/tasks?a=1"}
+    redirect = await stack.client.get("/api/tasks/", headers=own)
+    assert redirect.status_code == 307
+    assert redirect.headers["location"] == "/api/tasks?a=1"
+    assert stack.tasks.url.removeprefix("http://") not in str(redirect.headers)
+    elsewhere = {**own, "x-echo-location": "https://docs.example/tasks"}
+    kept = await stack.client.get("/api/tasks/", headers=elsewhere)
+    assert kept.headers["location"] == "https://docs.example/tasks"

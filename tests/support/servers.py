@@ -51,7 +51,8 @@ class EchoUpstream:
     """A stand-in service: answers every path with what it received, and counts requests.
 
     `GET .../slow?s=N` sleeps N seconds first; a `x-echo-status` request header sets the status;
-    `x-echo-cache-control` / `x-echo-vary` set those response headers.
+    `x-echo-cache-control` / `x-echo-vary` / `x-echo-location` set those response headers
+    (`{origin}` in a Location: this upstream's own base URL).
     """
 
     def __init__(self, name: str) -> None:
@@ -82,10 +83,10 @@ class EchoUpstream:
         if request.method in {"PUT", "PATCH", "POST"} and body:
             self.bodies[request.path] = body.decode(errors="replace")
         headers = {"Server": "upstream/1.0", "X-Powered-By": "Express"}
-        for name in ("cache-control", "vary"):
+        for name in ("cache-control", "vary", "location"):
             value = request.headers.get(f"x-echo-{name}")
             if value:
-                headers[name] = value
+                headers[name] = value.replace("{origin}", self.url)
         status = int(request.headers.get("x-echo-status", "200"))
         return web.json_response(seen, status=status, headers=headers)
 
@@ -105,3 +106,58 @@ class EchoUpstream:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+class OneShotUpstream:
+    """Answers the first request on each connection (keep-alive, no `Connection: close`), then
+    closes the connection when the next request arrives on it, unanswered: the race of a
+    service closing an idle keep-alive connection just as the pool reuses it."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []  # request lines, answered or not
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        answered = False
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                lines = head.decode("latin-1").split("\r\n")
+                self.received.append(lines[0])
+                length = next(
+                    (
+                        int(v)
+                        for k, _, v in (ln.partition(":") for ln in lines)
+                        if k.lower() == "content-length"
+                    ),
+                    0,
+                )
+                await reader.readexactly(length)
+                if answered:
+                    break
+                answered = True
+                body = b'{"ok":true}'
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    + f"content-length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def start(self) -> "OneShotUpstream":
+        """Listen on a free port."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
