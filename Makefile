@@ -5,7 +5,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 PY := uv run --frozen --no-sync python
 STACK := $(PY) -m deploy.local.stack
 
-.PHONY: install up up-infra down status logs lint format test test-unit test-integration bench
+.PHONY: install up up-infra down status logs lint size format test test-unit test-integration bench
 
 install: ## install what the local stack needs (cached under var/)
 	@deploy/local/install.sh
@@ -25,11 +25,15 @@ status: ## state and health of every part
 logs: ## tail every log (make logs PART=kafka FOLLOW=1)
 	@$(STACK) logs $(PART) $(if $(FOLLOW),-f)
 
-lint: install ## ruff, ruff format --check, mypy --strict, import-linter
+lint: install ## ruff, ruff format --check, mypy --strict, import-linter, declared imports
 	uv run --frozen --no-sync ruff check .
 	uv run --frozen --no-sync ruff format --check .
 	uv run --frozen --no-sync mypy .
 	uv run --frozen --no-sync lint-imports
+	$(PY) -m tools.check_deps
+
+size: ## no module in common/, services/, gateway/ over 350 lines, no function over 60
+	$(PY) -m tools.check_size
 
 format: install
 	uv run --frozen --no-sync ruff check --fix .

@@ -16,6 +16,7 @@ from services.auth.settings import AuthSettings
 from services.notifier.settings import NotifierSettings
 from services.tasks.settings import TasksSettings
 from tests.support.auth import signing_keys_env
+from tools.check_deps import undeclared
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_SCHEMA = (
@@ -119,3 +120,7 @@ def test_kubernetes_config_without_secrets_is_refused(monkeypatch: pytest.Monkey
         AuthSettings()
     with pytest.raises(ValueError, match="TASKS_CURSOR_SECRET"):
         TasksSettings()
+
+
+def test_every_imported_third_party_module_is_a_declared_dependency() -> None:
+    assert undeclared() == []
