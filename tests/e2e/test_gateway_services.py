@@ -92,3 +92,19 @@ async def test_a_dead_service_answers_503_quickly(stack: Stack) -> None:
     )
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_the_tasks_services_trailing_slash_redirect_names_no_internal_address(
+    stack: Stack,
+) -> None:
+    token = (
+        await stack.client.post(
+            "/api/auth/register",
+            json={"email": unique_email(), "password": PASSWORD, "name": "U"},
+        )
+    ).json()["access_token"]
+    reply = await stack.client.get("/api/tasks/", headers={"Authorization": f"Bearer {token}"})
+    internal = stack.tasks.url.removeprefix("http://")
+    assert all(internal not in value for value in reply.headers.values()), reply.headers
+    # FastAPI's redirect_slashes: to the same API path, on the gateway.
+    assert (reply.status_code, reply.headers["location"]) == (307, "/api/tasks")
