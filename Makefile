@@ -49,6 +49,10 @@ test-unit: install
 test-integration: install
 	$(STACK) with-infra -- $(PY) -m pytest tests/integration tests/e2e
 
+.PHONY: test-fault
+test-fault: install ## fault injection (database stopped, overload, relay backlog) against the real stack
+	$(STACK) with-infra -- $(PY) -m pytest tests/fault
+
 .PHONY: dlq-list dlq-replay
 dlq-list: ## the notifier's dead letters, one JSON line each (env as for the service)
 	@$(PY) -m services.notifier.dlq list
