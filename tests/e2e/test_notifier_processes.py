@@ -20,7 +20,7 @@ from common.infra import open_broker
 from common.kafka import publish
 from services.notifier.settings import NotifierSettings
 from tests.support.infra import KAFKA_BOOTSTRAP, ROOT, STATE_DIR, free_port, infra_env
-from tests.support.mailbox import MailBox
+from tests.support.mail import MailBox
 from tests.support.metrics import metric_sum
 from tests.support.processes import ServiceProcess
 

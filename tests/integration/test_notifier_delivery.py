@@ -36,7 +36,7 @@ from services.notifier.events import notifier_topics, retry_topic
 from services.notifier.settings import NotifierSettings
 from tests.support.infra import KAFKA_BOOTSTRAP, MONGO_URL, SMTP_PORT
 from tests.support.kafka import Record, read_records
-from tests.support.mailbox import MailBox
+from tests.support.mail import MailBox
 from tests.support.metrics import metric_sum
 from tests.support.tokens import SigningKey
 

@@ -3,8 +3,6 @@
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -12,6 +10,10 @@ from common.events import Envelope
 from tests.support.infra import KAFKA_BOOTSTRAP, STATE_DIR, free_port, infra_env
 from tests.support.processes import ServiceProcess
 from tests.support.tokens import SigningKey
+from tests.support.waiting import eventually
+
+# eventually now lives in tests.support.waiting; re-exported so existing imports keep working.
+__all__ = ["eventually", "read_topic", "tasks_process"]
 
 
 def tasks_process(prefix: str, key: SigningKey | None, **env: str) -> ServiceProcess:
@@ -63,12 +65,3 @@ async def read_topic(topic: str) -> list[Envelope]:
         return events
     finally:
         await consumer.stop()
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 30.0) -> Any:
-    """Poll `check` until it returns something truthy (a condition in another process)."""
-    async with asyncio.timeout(within):
-        # The condition lives in another process: poll it.
-        while not (result := await check()):  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
-    return result
