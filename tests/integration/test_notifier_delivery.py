@@ -1,6 +1,5 @@
 """The notifier against real Kafka, FerretDB and the SMTP sink: one app per module, in-process."""
 
-import asyncio
 import io
 import json
 import uuid
@@ -39,6 +38,7 @@ from tests.support.kafka import Record, read_records
 from tests.support.mail import MailBox
 from tests.support.metrics import metric_sum
 from tests.support.tokens import SigningKey
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 MAIL = MailBox()
@@ -116,10 +116,11 @@ async def wait_for_metric(
     client: httpx.AsyncClient, name: str, at_least: float, within: float = 20.0, **labels: str
 ) -> None:
     """Poll /metrics until the sample reaches `at_least`."""
-    async with asyncio.timeout(within):
-        # A counter in the app: polling it is the way to observe it (no event to await).
-        while await metric(client, name, **labels) < at_least:  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
+
+    async def reached() -> bool:
+        return await metric(client, name, **labels) >= at_least
+
+    await eventually(reached, within)
 
 
 def parts(message: EmailMessage) -> dict[str, str]:
@@ -281,14 +282,12 @@ async def test_per_user_rate_cap_suppresses_reminders_beyond_it(
     mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(MONGO_URL)
     try:
         deliveries = mongo[settings.mongo_db]["deliveries"]
-        async with asyncio.timeout(20):
-            while (  # noqa: ASYNC110 - the state lives in another component
-                await deliveries.count_documents(
-                    {"event_id": {"$in": [e.id for e in events]}, "state": "suppressed"}
-                )
-                < 2
-            ):
-                await asyncio.sleep(0.1)
+        suppressed = {"event_id": {"$in": [e.id for e in events]}, "state": "suppressed"}
+
+        async def both_suppressed() -> bool:
+            return await deliveries.count_documents(suppressed) >= 2
+
+        await eventually(both_suppressed, 20)
         states = [
             (await deliveries.find_one({"consumer": MAIL_CONSUMER, "event_id": e.id}) or {}).get(
                 "state"
