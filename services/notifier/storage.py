@@ -17,6 +17,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from common.clock import Clock, utcnow
 from services.notifier.domain import Preferences
 
 Doc = dict[str, Any]
@@ -39,7 +40,9 @@ class Claim:
 class Store:
     """Typed access to the notifier database."""
 
-    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+    def __init__(self, db: AsyncDatabase[Doc], clock: Clock = utcnow) -> None:
+        # The clock is injected so a lease can be seen to run out without waiting for it.
+        self._clock = clock
         self._deliveries = db["deliveries"]
         self._recipients = db["recipients"]
         self._preferences = db["preferences"]
@@ -66,7 +69,7 @@ class Store:
 
     async def claim(self, consumer: str, event_id: str, owner: str, lease_s: float) -> Claim:
         """Take the event for sending unless it is finished or another sender holds a live lease."""
-        now = datetime.now(UTC)
+        now = self._clock()
         lease_until = now + timedelta(seconds=lease_s)
         key = {"consumer": consumer, "event_id": event_id}
         claim = {"state": "sending", "owner": owner, "lease_until": lease_until, "updated_at": now}
@@ -94,7 +97,7 @@ class Store:
         self, consumer: str, event_id: str, state: Literal["sent", "suppressed"], detail: str = ""
     ) -> None:
         """Record the terminal state: a redelivered event is a no-op from now on."""
-        now = datetime.now(UTC)
+        now = self._clock()
         await self._deliveries.update_one(
             {"consumer": consumer, "event_id": event_id},
             {"$set": {"state": state, "detail": detail, "updated_at": now, "finished_at": now}},

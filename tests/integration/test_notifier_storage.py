@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pymongo import AsyncMongoClient
 
+from common.clock import utcnow
 from services.notifier.domain import Preferences
 from services.notifier.storage import Store
 from tests.support.infra import MONGO_URL
@@ -52,13 +53,14 @@ async def test_a_released_claim_is_taken_over_by_the_next_attempt(stores: list[S
 
 
 async def test_a_dead_senders_claim_is_taken_over_once_its_lease_ran_out(
-    stores: list[Store],
+    stores: list[Store], clients: list[Client], prefix: str
 ) -> None:
-    store = stores[0]
-    await store.claim("c", "e1", "crashed", lease_s=0.01)
-    await asyncio.sleep(0.05)  # the lease is a duration: let it elapse
+    db, now = clients[0][f"{prefix}_notifier"], utcnow()
+    crashed = Store(db, clock=lambda: now)
+    await crashed.claim("c", "e1", "crashed", lease_s=30)
+    later = Store(db, clock=lambda: now + timedelta(seconds=31))
 
-    claim = await store.claim("c", "e1", "b", 30)
+    claim = await later.claim("c", "e1", "b", 30)
     assert (claim.status, claim.previous) == ("claimed", "sending")
 
 
