@@ -1,92 +1,25 @@
 """A Redis that comes back empty (no persistence, a failover): revoked tokens stay refused and no
 cached read from before the restart is served."""
 
-import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import httpx
 import pytest
-import redis
-from faststream.kafka import KafkaBroker
 
 from common.events import USERS_TOPIC, SessionsRevoked
 from common.events import new_event as envelope
-from common.kafka import make_broker, publish
-from gateway.settings import GatewaySettings
-from tests.support.gateway import gateway_client, gateway_settings
-from tests.support.redis_server import RedisServer
-from tests.support.servers import EchoUpstream
+from common.kafka import publish
+from tests.support.gateway import Restartable, restartable_gateway
 from tests.support.tasks import eventually
-from tests.support.tokens import SigningKey
 
 pytestmark = pytest.mark.integration
 
 
-@dataclass
-class Restartable:
-    """A gateway over a Redis of its own without persistence."""
-
-    server: RedisServer
-    settings: GatewaySettings
-    key: SigningKey
-    client: httpx.AsyncClient
-    broker: KafkaBroker
-
-    def bearer(self, user: str, session: str = "s-1") -> dict[str, str]:
-        token, _ = self.key.mint(user, session_id=session)
-        return {"Authorization": f"Bearer {token}"}
-
-    async def restart_empty(self) -> None:
-        """SIGKILL and start again (everything Redis held is gone), until the gateway reaches it."""
-        self.server.kill()
-        await self.back()
-
-    async def back(self) -> None:
-        """Start Redis; return once the gateway's gate calls reach it again (no fail-open)."""
-        self.server.start()
-
-        async def reached() -> bool:
-            reply = await self.client.get("/.well-known/jwks.json")
-            return "ratelimit" in reply.headers
-
-        await eventually(reached)
-
-    async def bearer_after_loss(self, user: str) -> dict[str, str]:
-        """A token issued after the moment the gateway found Redis empty."""
-        marker = redis.Redis.from_url(self.server.url).get(f"{self.settings.redis_prefix}epoch")
-        assert isinstance(marker, bytes)
-        lost_s = int(marker.split(b":")[1]) / 1000
-        assert lost_s > 0  # the gateway recorded the loss
-
-        async def past_it() -> bool:
-            return int(time.time()) >= lost_s
-
-        await eventually(past_it)
-        return self.bearer(user, "s-new")
-
-
 @pytest.fixture
 async def restartable() -> AsyncIterator[Restartable]:
-    key = SigningKey.generate()
-    tasks = await EchoUpstream("tasks").start()
-    server = RedisServer().start()
-    settings = gateway_settings(
-        f"gwr{uuid.uuid4().hex[:10]}", key, tasks.url, redis_url=server.url, cache_ttl_s=600
-    )
-    broker = make_broker(settings)
-    try:
-        async with gateway_client(settings) as client:
-            await broker.start()
-            try:
-                yield Restartable(server, settings, key, client, broker)
-            finally:
-                await broker.stop()
-    finally:
-        server.kill()
-        await tasks.stop()
+    async with restartable_gateway("gwr") as stack:
+        yield stack
 
 
 async def test_a_revoked_token_stays_refused_after_redis_restarts_empty(

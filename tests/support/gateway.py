@@ -1,19 +1,27 @@
 """The gateway in tests: settings on the shared stack (isolated by prefix, a test signing key),
 and the app built as `python -m gateway` builds it, served on a free port."""
 
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
+import redis
+from faststream.kafka import KafkaBroker
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from common.kafka import make_broker
 from gateway.app import gateway_stack
 from gateway.settings import GatewaySettings
 from tests.support.infra import KAFKA_BOOTSTRAP, REDIS_URL
-from tests.support.servers import serve_asgi
+from tests.support.redis_server import RedisServer
+from tests.support.servers import EchoUpstream, serve_asgi
+from tests.support.tasks import eventually
 from tests.support.tokens import AUDIENCE, ISSUER, SigningKey
 
 
@@ -70,3 +78,69 @@ async def gateway_client(settings: GatewaySettings) -> AsyncIterator[httpx.Async
         httpx.AsyncClient(base_url=url, timeout=10) as client,
     ):
         yield client
+
+
+@dataclass
+class Restartable:
+    """A gateway over a Redis of its own without persistence."""
+
+    server: RedisServer
+    settings: GatewaySettings
+    key: SigningKey
+    client: httpx.AsyncClient
+    broker: KafkaBroker
+
+    def bearer(self, user: str, session: str = "s-1") -> dict[str, str]:
+        """An Authorization header with a token issued now."""
+        token, _ = self.key.mint(user, session_id=session)
+        return {"Authorization": f"Bearer {token}"}
+
+    async def restart_empty(self) -> None:
+        """SIGKILL and start again (everything Redis held is gone), until the gateway reaches it."""
+        self.server.kill()
+        await self.back()
+
+    async def back(self) -> None:
+        """Start Redis; return once the gateway's gate calls reach it again (no fail-open)."""
+        self.server.start()
+
+        async def reached() -> bool:
+            reply = await self.client.get("/.well-known/jwks.json")
+            return "ratelimit" in reply.headers
+
+        await eventually(reached)
+
+    async def bearer_after_loss(self, user: str, session: str = "s-new") -> dict[str, str]:
+        """A token issued after the moment the gateway found Redis empty."""
+        marker = redis.Redis.from_url(self.server.url).get(f"{self.settings.redis_prefix}epoch")
+        assert isinstance(marker, bytes)
+        lost_s = int(marker.split(b":")[1]) / 1000
+        assert lost_s > 0  # the gateway recorded the loss
+
+        async def past_it() -> bool:
+            return int(time.time()) >= lost_s
+
+        await eventually(past_it)
+        return self.bearer(user, session)
+
+
+@asynccontextmanager
+async def restartable_gateway(prefix: str) -> AsyncIterator[Restartable]:
+    """An in-process gateway over a Redis of its own without persistence, and a Kafka producer."""
+    key = SigningKey.generate()
+    tasks = await EchoUpstream("tasks").start()
+    server = RedisServer().start()
+    settings = gateway_settings(
+        f"{prefix}{uuid.uuid4().hex[:10]}", key, tasks.url, redis_url=server.url, cache_ttl_s=600
+    )
+    broker = make_broker(settings)
+    try:
+        async with gateway_client(settings) as client:
+            await broker.start()
+            try:
+                yield Restartable(server, settings, key, client, broker)
+            finally:
+                await broker.stop()
+    finally:
+        server.kill()
+        await tasks.stop()
