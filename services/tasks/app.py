@@ -83,6 +83,11 @@ def create_app(settings: TasksSettings) -> FastAPI:
     install_task_error_handlers(app)
     app.include_router(router)
     app.router.routes.extend(health_routes(lambda: checks))
+    _add_middleware(app, settings)
+    return app
+
+
+def _add_middleware(app: FastAPI, settings: TasksSettings) -> None:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # Outermost of the app's own middleware: a shed request costs no body read or routing.
     app.add_middleware(
@@ -91,4 +96,3 @@ def create_app(settings: TasksSettings) -> FastAPI:
         queue=settings.shed_queue,
         wait_s=settings.shed_wait_s,
     )
-    return app
