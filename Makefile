@@ -25,12 +25,13 @@ status: ## state and health of every part
 logs: ## tail every log (make logs PART=kafka FOLLOW=1)
 	@$(STACK) logs $(PART) $(if $(FOLLOW),-f)
 
-lint: install ## ruff, ruff format --check, mypy --strict, import-linter, declared imports
+lint: install ## ruff, ruff format --check, mypy --strict, import-linter, declared imports, sizes
 	uv run --frozen --no-sync ruff check .
 	uv run --frozen --no-sync ruff format --check .
 	uv run --frozen --no-sync mypy .
 	uv run --frozen --no-sync lint-imports
 	$(PY) -m tools.check_deps
+	$(PY) -m tools.check_size
 
 size: ## no module in common/, services/, gateway/ over 350 lines, no function over 60
 	$(PY) -m tools.check_size

@@ -13,7 +13,7 @@ import structlog
 from fastapi import FastAPI, Request
 from pymongo.errors import ConnectionFailure, ExecutionTimeout
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.problems import problem_response
 
@@ -41,12 +41,41 @@ def install_failure_handlers(app: FastAPI, *errors: type[Exception]) -> None:
         log.warning("dependency unavailable", error=type(exc).__name__, detail=str(exc)[:200])
         return unavailable("a dependency is unavailable; retry shortly", request.url.path)
 
-    async def on_unexpected(request: Request, _: Exception) -> Response:
-        return problem_response(500, "unexpected error", instance=request.url.path)
-
     for error in (*MONGO_DOWN, *errors):
         app.add_exception_handler(error, on_unavailable)
-    app.add_exception_handler(Exception, on_unexpected)
+    app.add_middleware(UnexpectedErrors)
+
+
+class UnexpectedErrors:
+    """Any exception no handler took becomes a logged 500 problem+json, and goes no further.
+
+    Not an `Exception` handler: Starlette re-raises after one answers, and uvicorn then closes
+    the keep-alive connection, which the gateway's next pooled request would meet as a 502.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app; answer 500 if it fails before its response started."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            if started:
+                raise  # half a response is out: only dropping the connection is honest
+            log.exception("unexpected error", path=scope["path"])
+            response = problem_response(500, "unexpected error", instance=scope["path"])
+            await response(scope, receive, send)
 
 
 class LoadShedder:

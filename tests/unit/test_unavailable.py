@@ -30,8 +30,10 @@ def _failing_app() -> FastAPI:
     return app
 
 
-async def test_mongo_failures_are_503_with_retry_after_on_the_same_connection() -> None:
-    transport = httpx.ASGITransport(app=_failing_app(), raise_app_exceptions=False)
+async def test_mongo_failures_are_503_and_a_bug_500_without_escaping_the_app() -> None:
+    # raise_app_exceptions stays on: an error that escaped the app would make uvicorn drop the
+    # keep-alive connection, and here it would fail the test.
+    transport = httpx.ASGITransport(app=_failing_app())
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         for path in ("/down", "/slow-query"):
             response = await client.get(path)
