@@ -71,7 +71,10 @@ class BacklogFullError(TaskError):
 def _to_ms(value: datetime | None) -> datetime | None:
     if value is None:
         return None
-    value = value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-23:59 lies past datetime.max in UTC
+        raise ValueError("dates must be before the year 9000") from None
     if value >= LATEST_DATE:
         raise ValueError("dates must be before the year 9000")
     return value.replace(microsecond=value.microsecond // 1000 * 1000)

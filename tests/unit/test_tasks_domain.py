@@ -50,6 +50,7 @@ def test_create_rejects_unknown_and_server_owned_fields(field: str) -> None:
         {"title": "t", "status": "archived"},
         {"title": "t", "due_at": "2030-01-01T00:00:00"},  # naive: ambiguous
         {"title": "t", "due_at": "9500-01-01T00:00:00Z"},
+        {"title": "t", "due_at": "9999-12-31T23:59:59-23:59"},  # past datetime.max in UTC
     ],
 )
 def test_create_enforces_sizes_and_values(body: dict[str, object]) -> None:
