@@ -83,3 +83,39 @@ async def test_update_sends_if_match_with_the_last_seen_etag() -> None:
         with pytest.raises(ApiError) as raised:  # "4" is remembered now; the fake wants "3"
             await client.update_task("t1", title="z")
     assert raised.value.status == 412
+
+
+async def test_a_listing_read_after_a_write_is_revalidated_not_served_stale() -> None:
+    items: list[dict[str, str]] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            items.append({"id": f"t{len(items) + 1}"})
+            return httpx.Response(201, json=items[-1], headers={"etag": f'"{len(items)}"'})
+        etag = f'"list-{len(items)}"'
+        headers = {"etag": etag, "cache-control": "private, no-cache"}  # as the gateway sends
+        if request.headers.get("if-none-match") == etag:
+            return httpx.Response(304, headers=headers)
+        return httpx.Response(200, json={"items": items, "next_cursor": None}, headers=headers)
+
+    async with _client(httpx.MockTransport(handle), TokenPair("a", "r")) as client:
+        assert (await client.list_tasks())["items"] == []
+        assert (await client.list_tasks())["items"] == []
+        await client.create_task(title="x")
+        assert (await client.list_tasks())["items"] == [{"id": "t1"}]
+    assert client.cache.hits == 1  # only the unchanged second listing came from the store
+
+
+async def test_two_clients_never_share_a_stored_body() -> None:
+    sent_etags: list[str | None] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent_etags.append(request.headers.get("if-none-match"))
+        return httpx.Response(200, json={"id": "t1"}, headers={"etag": '"v1"'})
+
+    transport = httpx.MockTransport(handle)
+    async with _client(transport, TokenPair("a", "r")) as alice, _client(transport) as bob:
+        await alice.get_task("t1")
+        await bob.get_task("t1")
+    assert sent_etags == [None, None]  # bob's first read is not a revalidation of alice's copy
+    assert alice.cache.hits == bob.cache.hits == 0
