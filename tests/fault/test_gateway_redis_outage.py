@@ -12,14 +12,10 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import pytest
 
-from common.events import USERS_TOPIC, SessionsRevoked
-from common.events import new_event as envelope
-from common.kafka import publish
-from tests.support.gateway import Restartable, restartable_gateway
+from tests.support.gateway import Restartable, publish_revocation, restartable_gateway
 
 pytestmark = pytest.mark.e2e
 OUTAGE_S = 20.0
@@ -44,11 +40,7 @@ async def test_redis_killed_for_20s_and_back_empty_forgets_no_revocation_and_ser
     assert (await client.get(path, headers=gone)).headers["x-cache"] == "HIT"
 
     restartable.server.kill()
-    revoked = SessionsRevoked(
-        user_id=who, session_ids=("s-gone",), revoked_before=datetime.now(UTC), reason="logout"
-    )
-    event = envelope(revoked, source="auth", subject=who)
-    await publish(restartable.broker, restartable.settings, USERS_TOPIC, event)
+    await publish_revocation(restartable.broker, restartable.settings, who, "s-gone")
     # The last write lands during the outage; its invalidation cannot reach Redis.
     assert (await client.patch(path, headers=gone, content=b'"v2"')).status_code == 200
     during: Counter[str] = Counter()

@@ -6,7 +6,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -14,11 +13,11 @@ import structlog
 import structlog.testing
 from faststream.kafka import KafkaBroker
 
-from common.events import TASKS_TOPIC, USERS_TOPIC, SessionsRevoked, TaskSnapshot, TaskUpdated
+from common.events import TASKS_TOPIC, TaskSnapshot, TaskUpdated
 from common.events import new_event as envelope
 from common.kafka import make_broker, publish
 from gateway.settings import GatewaySettings
-from tests.support.gateway import gateway_client, gateway_settings
+from tests.support.gateway import gateway_client, gateway_settings, publish_revocation
 from tests.support.redis_server import RedisServer
 from tests.support.servers import EchoUpstream
 from tests.support.tasks import eventually
@@ -160,11 +159,7 @@ async def test_revoked_sessions_are_refused_once_the_event_arrives(stack: Stack)
     who = user()
     revoked, kept = stack.auth(who, "s-gone"), stack.auth(who, "s-kept")
     assert (await stack.client.get("/api/tasks", headers=revoked)).status_code == 200
-    payload = SessionsRevoked(
-        user_id=who, session_ids=("s-gone",), revoked_before=datetime.now(UTC), reason="logout"
-    )
-    event = envelope(payload, source="auth", subject=who)
-    await publish(stack.broker, stack.settings, USERS_TOPIC, event)
+    await publish_revocation(stack.broker, stack.settings, who, "s-gone")
 
     async def refused() -> bool:
         return (await stack.client.get("/api/tasks", headers=revoked)).status_code == 401
@@ -176,12 +171,7 @@ async def test_revoked_sessions_are_refused_once_the_event_arrives(stack: Stack)
 async def test_revoking_all_sessions_refuses_tokens_issued_before(stack: Stack) -> None:
     who = user()
     old = stack.auth(who, "s-old")
-    payload = SessionsRevoked(
-        user_id=who, revoked_before=datetime.now(UTC), reason="password_changed"
-    )
-    await publish(
-        stack.broker, stack.settings, USERS_TOPIC, envelope(payload, source="auth", subject=who)
-    )
+    await publish_revocation(stack.broker, stack.settings, who, reason="password_changed")
 
     async def refused() -> bool:
         return (await stack.client.get("/api/tasks", headers=old)).status_code == 401
@@ -194,12 +184,7 @@ async def test_revoking_all_sessions_refuses_tokens_issued_before(stack: Stack) 
 
 async def test_a_new_gateway_process_knows_earlier_revocations(stack: Stack) -> None:
     who = user()
-    payload = SessionsRevoked(
-        user_id=who, session_ids=("s-x",), revoked_before=datetime.now(UTC), reason="logout"
-    )
-    await publish(
-        stack.broker, stack.settings, USERS_TOPIC, envelope(payload, source="auth", subject=who)
-    )
+    await publish_revocation(stack.broker, stack.settings, who, "s-x")
     headers = stack.auth(who, "s-x")
 
     async def refused() -> bool:

@@ -3,14 +3,10 @@ cached read from before the restart is served."""
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import pytest
 
-from common.events import USERS_TOPIC, SessionsRevoked
-from common.events import new_event as envelope
-from common.kafka import publish
-from tests.support.gateway import Restartable, restartable_gateway
+from tests.support.gateway import Restartable, publish_revocation, restartable_gateway
 from tests.support.tasks import eventually
 
 pytestmark = pytest.mark.integration
@@ -28,11 +24,7 @@ async def test_a_revoked_token_stays_refused_after_redis_restarts_empty(
     who = uuid.uuid4().hex
     revoked = restartable.bearer(who, "s-gone")
     assert (await restartable.client.get("/api/tasks", headers=revoked)).status_code == 200
-    payload = SessionsRevoked(
-        user_id=who, session_ids=("s-gone",), revoked_before=datetime.now(UTC), reason="logout"
-    )
-    event = envelope(payload, source="auth", subject=who)
-    await publish(restartable.broker, restartable.settings, USERS_TOPIC, event)
+    await publish_revocation(restartable.broker, restartable.settings, who, "s-gone")
 
     async def refused() -> bool:
         return (await restartable.client.get("/api/tasks", headers=revoked)).status_code == 401

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -15,14 +16,15 @@ from faststream.kafka import KafkaBroker
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from common.kafka import make_broker
+from common.events import USERS_TOPIC, RevokeReason, SessionsRevoked, new_event
+from common.kafka import make_broker, publish
 from gateway.app import gateway_stack
 from gateway.settings import GatewaySettings
 from tests.support.infra import KAFKA_BOOTSTRAP, REDIS_URL
 from tests.support.redis_server import RedisServer
 from tests.support.servers import EchoUpstream, serve_asgi
-from tests.support.tasks import eventually
 from tests.support.tokens import AUDIENCE, ISSUER, SigningKey
+from tests.support.waiting import eventually
 
 
 def gateway_settings(
@@ -144,3 +146,18 @@ async def restartable_gateway(prefix: str) -> AsyncIterator[Restartable]:
     finally:
         server.kill()
         await tasks.stop()
+
+
+async def publish_revocation(
+    broker: KafkaBroker,
+    settings: GatewaySettings,
+    user_id: str,
+    *session_ids: str,
+    reason: RevokeReason = "logout",
+) -> None:
+    """Publish auth's user.sessions_revoked for the sessions named (all of them when none is)."""
+    payload = SessionsRevoked(
+        user_id=user_id, session_ids=session_ids, revoked_before=datetime.now(UTC), reason=reason
+    )
+    event = new_event(payload, source="auth", subject=user_id)
+    await publish(broker, settings, USERS_TOPIC, event)
