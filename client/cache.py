@@ -1,42 +1,54 @@
-"""The client's HTTP cache: hishel's RFC 9111 private cache over a per-client in-memory SQLite."""
+"""A client-side HTTP cache keyed by URL: If-None-Match on repeat GETs, the body kept locally."""
 
-import sqlite3
+from dataclasses import dataclass
 
-import anysqlite
 import httpx
-from hishel import AsyncSqliteStorage, CacheOptions
-from hishel.httpx import AsyncCacheTransport
-
-MAX_BYTES = 64 * 1024**2  # per client; past it hishel evicts the least recently used entries
 
 
-def _memory_storage() -> AsyncSqliteStorage:
-    # One connection per client: another user's client never sees these bodies, nothing
-    # touches disk. anysqlite runs each call on a worker thread, hence check_same_thread.
-    real = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
-    return AsyncSqliteStorage(connection=anysqlite.Connection(real), max_size=MAX_BYTES)
+@dataclass(frozen=True)
+class Cached:
+    """One stored representation."""
+
+    etag: str
+    content: bytes
+    headers: httpx.Headers
 
 
 class ETagCacheTransport(httpx.AsyncBaseTransport):
-    """A private RFC 9111 cache (If-None-Match, a 304 served as the stored 200) that counts hits.
+    """Wraps a transport: a 304 answer is turned back into the stored 200, any write clears.
 
-    The gateway marks task reads `private, no-cache`, so every reuse is revalidated and a
-    write never leaves a stale body behind; unsafe methods also invalidate their URL.
+    One client holds one user's tokens, so the URL alone is the key (no cross-user sharing).
     """
 
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self._cache = AsyncCacheTransport(
-            inner, storage=_memory_storage(), rfc=CacheOptions(shared=False)
-        )
+    def __init__(self, inner: httpx.AsyncBaseTransport, max_entries: int = 1024) -> None:
+        self._inner = inner
+        self._max = max_entries
+        self._store: dict[str, Cached] = {}
         self.hits = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Answer through the cache, counting the answers it served from its store."""
-        response = await self._cache.handle_async_request(request)
-        if response.extensions["caching"]["from_cache"]:
+        """Revalidate cached GETs; forget everything on a write (it may change any listing)."""
+        key = str(request.url)
+        if request.method != "GET":
+            self._store.clear()
+            return await self._inner.handle_async_request(request)
+        cached = self._store.get(key)
+        if cached is not None:
+            request.headers["If-None-Match"] = cached.etag
+        response = await self._inner.handle_async_request(request)
+        if response.status_code == 304 and cached is not None:
+            await response.aclose()
             self.hits += 1
+            return httpx.Response(
+                200, headers=cached.headers, content=cached.content, request=request
+            )
+        if response.status_code == 200 and "etag" in response.headers:
+            content = await response.aread()
+            if len(self._store) >= self._max:
+                del self._store[next(iter(self._store))]
+            self._store[key] = Cached(response.headers["etag"], content, response.headers)
         return response
 
     async def aclose(self) -> None:
-        """Close the wrapped transport and the store."""
-        await self._cache.aclose()
+        """Close the wrapped transport."""
+        await self._inner.aclose()
