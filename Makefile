@@ -73,6 +73,10 @@ bench-gateway: ## gateway vs a bare ASGI echo under wrk (needs wrk, Kafka, Redis
 bench-tasks: ## tasks CRUD throughput, write-lock cost, outbox relay lag (needs Kafka, FerretDB) -> docs/bench-tasks.md
 	@$(PY) -m bench.bench_tasks
 
+.PHONY: bench-relay
+bench-relay: ## outbox relay events/s vs tasks creates/s in one run (needs Kafka, FerretDB) -> docs/bench-relay.md
+	@$(PY) -m bench.bench_relay
+
 .PHONY: bench-notifier
 bench-notifier: ## notifier mails/s, 1 vs 2 replicas (needs Kafka, FerretDB) -> docs/bench-notifier.md
 	@$(PY) -m bench.bench_notifier

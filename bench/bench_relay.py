@@ -1,0 +1,115 @@
+"""Outbox relay throughput against the tasks service's write rate in one run -> docs/bench-relay.md.
+
+Run: `uv run --frozen --no-sync python -m bench.bench_relay` (under a minute; needs the local
+stack's Kafka and FerretDB). One tasks process with its production relay settings; WRITERS httpx
+clients POST creates for SECONDS; every create queues one task.created.v1. The relay's rate is the
+events counted by `taskbus_tasks_outbox_published_total` over the time from the first write until
+all of them were published (the backlog is 0), so a relay that lags behind the writes pays for it.
+"""
+
+import asyncio
+import os
+import platform
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from tests.support.tasks import tasks_process
+from tests.support.tokens import SigningKey
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "bench-relay.md"
+WRITERS = 8
+SECONDS = 15.0
+DRAIN_LIMIT_S = 300.0
+METRIC = "taskbus_tasks_outbox_published_total"
+
+
+async def _published(api: httpx.AsyncClient) -> int:
+    """The relay's published-events counter, summed over event types."""
+    text = (await api.get("/metrics")).text
+    rows = (line.split()[-1] for line in text.splitlines() if line.startswith(METRIC + "{"))
+    return int(sum(float(value) for value in rows))
+
+
+async def _write(api: httpx.AsyncClient, until: float) -> tuple[int, int]:
+    """Creates POSTed until `until`: (accepted, refused)."""
+    accepted = refused = 0
+    while time.perf_counter() < until:
+        response = await api.post("/api/tasks", json={"title": f"r{accepted}", "tags": ["b"]})
+        if response.status_code == 201:
+            accepted += 1
+        else:
+            refused += 1
+    return accepted, refused
+
+
+async def _measure() -> dict[str, float]:
+    key = SigningKey.generate()
+    prefix = f"benchrelay{uuid.uuid4().hex[:8]}"
+    # The production poll interval, not the tests' 0.2 s: writes wake the relay by themselves.
+    proc = tasks_process(prefix, key, TASKS_RELAY_INTERVAL_S="1.0").start()
+    try:
+        await asyncio.to_thread(proc.wait_ready)
+        token, _ = key.mint("bench-user")
+        headers = {"Authorization": f"Bearer {token}"}
+        limits = httpx.Limits(max_connections=WRITERS + 1)
+        async with httpx.AsyncClient(
+            base_url=proc.url, headers=headers, limits=limits, timeout=30
+        ) as api:
+            started = time.perf_counter()
+            counts = await asyncio.gather(*(_write(api, started + SECONDS) for _ in range(WRITERS)))
+            wrote_s = time.perf_counter() - started
+            accepted = sum(a for a, _ in counts)
+            during = await _published(api)
+            published = during
+            while published < accepted and time.perf_counter() - started < DRAIN_LIMIT_S:
+                await asyncio.sleep(0.1)  # polling another process's counter: no event to await
+                published = await _published(api)
+            drained_s = time.perf_counter() - started
+        return {
+            "accepted": accepted,
+            "refused": sum(r for _, r in counts),
+            "write_s": wrote_s,
+            "creates_per_s": accepted / wrote_s,
+            "published": published,
+            "published_during": during,
+            "drained_s": drained_s,
+            "events_per_s": published / drained_s,
+        }
+    finally:
+        proc.stop()
+
+
+def _report(label: str, row: dict[str, float]) -> str:
+    ratio = row["events_per_s"] / row["creates_per_s"]
+    return (
+        f"| {label} | {WRITERS} | {row['accepted']:.0f} ({row['refused']:.0f} refused) "
+        f"| {row['creates_per_s']:.1f} | {row['published_during']:.0f} "
+        f"| {row['published']:.0f} in {row['drained_s']:.1f} s | {row['events_per_s']:.1f} "
+        f"| {ratio:.2f} |"
+    )
+
+
+async def main() -> None:
+    """Measure once and print the table row (pass a label as argv[1])."""
+    label = sys.argv[1] if len(sys.argv) > 1 else "now"
+    row = await _measure()
+    print(
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
+        f"load average {os.getloadavg()[0]:.1f}, {SECONDS:.0f} s of writes"
+    )
+    print(
+        "| relay | writers | creates accepted | creates/s | published while writing "
+        "| published until backlog 0 | events/s | events/s ÷ creates/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    print(_report(label, row))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
