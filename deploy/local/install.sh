@@ -35,6 +35,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
   as_root systemctl disable --now redis-server >/dev/null 2>&1 || as_root service redis-server stop >/dev/null 2>&1 || true
 fi
 
+# wrk from Debian's package: the overload fault test's load generator (C, so the client does not
+# take the CPU the service under test needs).
+if ! command -v wrk >/dev/null 2>&1; then
+  say "wrk: installing Debian's package"
+  as_root apt-get install -y -q wrk >"$VAR/log/install-wrk.log" 2>&1 || {
+    as_root apt-get update -q >>"$VAR/log/install-wrk.log" 2>&1
+    as_root apt-get install -y -q wrk >>"$VAR/log/install-wrk.log" 2>&1
+  }
+fi
+
 # Apache Kafka: broker jars and runtime dependencies from Maven Central.
 kafka_stamp="$VAR/kafka/libs/.pom-$(sha256sum "$KAFKA_POM" | cut -c1-16)"
 if [ ! -f "$kafka_stamp" ]; then
