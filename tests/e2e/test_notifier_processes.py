@@ -7,7 +7,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from tests.support.infra import KAFKA_BOOTSTRAP, ROOT, STATE_DIR, free_port, inf
 from tests.support.mail import MailBox
 from tests.support.metrics import metric_sum
 from tests.support.processes import ServiceProcess
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -86,16 +87,6 @@ def metric(proc: ServiceProcess, name: str, **labels: str) -> float:
     return metric_sum(httpx.get(f"{proc.url}/metrics", timeout=5).text, name, **labels)
 
 
-async def until(condition: Callable[[], bool], within: float, what: str) -> None:
-    """Poll a condition that lives in another process (files, HTTP) until it holds."""
-    try:
-        async with asyncio.timeout(within):
-            while not condition():  # noqa: ASYNC110 - nothing in this process to await
-                await asyncio.sleep(0.2)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
 @pytest.fixture
 async def producer(prefix: str) -> AsyncIterator[tuple[KafkaBroker, NotifierSettings]]:
     settings = NotifierSettings(kafka_bootstrap=KAFKA_BOOTSTRAP, topic_prefix=f"{prefix}.")
@@ -123,7 +114,7 @@ async def test_mail_sent_while_smtp_is_down_arrives_once_it_is_back(
         email = f"{prefix}@example.com"
         await publish(broker, settings, USERS_TOPIC, welcome(email))
 
-        await until(
+        await eventually(
             lambda: metric(notifier, "taskbus_notifier_retried_total") >= 2, 30, "two retries"
         )
         box = MailBox(sink.directory)
@@ -157,7 +148,7 @@ async def test_killing_one_of_two_notifiers_mid_stream_loses_and_repeats_nothing
             ]
             return all(owned) and sum(owned) == 2 * settings.kafka_partitions
 
-        await until(split, 60, "both notifiers to own partitions")
+        await eventually(split, 60, "both notifiers to own partitions")
         emails = [f"{prefix}-{n}@example.com" for n in range(100)]
 
         async def stream() -> None:
@@ -172,12 +163,12 @@ async def test_killing_one_of_two_notifiers_mid_stream_loses_and_repeats_nothing
                 metric(p, "taskbus_notifier_emails_sent_total") >= 5 for p in (first, second)
             )
 
-        await until(both_sending, 60, "both notifiers to send")
+        await eventually(both_sending, 60, "both notifiers to send")
         assert not publishing.done()
         first.kill()
         await publishing
 
-        await until(lambda: all(box.count(emails).values()), 90, "every mail")
+        await eventually(lambda: all(box.count(emails).values()), 90, "every mail")
         taken_over = [
             metric(second, "taskbus_notifier_assigned_partitions", group=g) for g in groups
         ]

@@ -1,6 +1,5 @@
 """One trace from the HTTP request to the sent email; metrics that parse and move; clean logs."""
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ from tests.support.infra import STATE_DIR
 from tests.support.mail import wait_for_mail
 from tests.support.processes import MODULES, ServiceProcess
 from tests.support.system import running_system
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -49,12 +49,13 @@ def _spans(trace_dir: Path) -> list[dict[str, Any]]:
 
 async def _trace_with(trace_dir: Path, trace_id: str, needed: set[str]) -> list[dict[str, Any]]:
     """Poll the span files until the trace holds spans of every `needed` service."""
-    async with asyncio.timeout(30):
-        while True:
-            spans = [s for s in _spans(trace_dir) if s["trace_id"] == trace_id]
-            if needed <= {s["service"] for s in spans}:
-                return spans
-            await asyncio.sleep(0.25)
+
+    def complete() -> list[dict[str, Any]] | None:
+        spans = [s for s in _spans(trace_dir) if s["trace_id"] == trace_id]
+        return spans if needed <= {s["service"] for s in spans} else None
+
+    found: list[dict[str, Any]] = await eventually(complete, 30, f"spans of {sorted(needed)}")
+    return found
 
 
 def _server_trace_id(trace_dir: Path, service: str, route_part: str) -> str | None:
@@ -93,10 +94,9 @@ async def test_one_trace_spans_gateway_auth_kafka_notifier_and_smtp(system: Syst
     assert registered.status_code == 201, registered.text
     await wait_for_mail(email)
 
-    async with asyncio.timeout(30):
-        # The spans are written by other processes: poll their files.
-        while (trace_id := _server_trace_id(system.trace_dir, "gateway", "register")) is None:  # noqa: ASYNC110
-            await asyncio.sleep(0.25)
+    trace_id: str = await eventually(
+        lambda: _server_trace_id(system.trace_dir, "gateway", "register"), 30, "the register span"
+    )
     spans = await _trace_with(system.trace_dir, trace_id, {"gateway", "auth", "notifier"})
 
     names = {(s["service"], s["name"]) for s in spans}
@@ -124,15 +124,16 @@ async def test_task_creation_is_traced_through_the_outbox_relay(system: System) 
         if ("traceparent" in created.headers)
         else None
     )
-    async with asyncio.timeout(30):
-        while trace_id is None or not [
-            s
-            for s in _spans(system.trace_dir)
-            if s["trace_id"] == trace_id and s["service"] == "tasks" and s["kind"] == "PRODUCER"
-        ]:
-            trace_id = trace_id or _server_trace_id(system.trace_dir, "tasks", "/api/tasks")
-            await asyncio.sleep(0.25)
-    spans = await _trace_with(system.trace_dir, trace_id, {"gateway", "tasks"})
+
+    def published() -> str | None:
+        nonlocal trace_id
+        trace_id = trace_id or _server_trace_id(system.trace_dir, "tasks", "/api/tasks")
+        spans = _spans(system.trace_dir)
+        producer = [s for s in spans if s["trace_id"] == trace_id and s["kind"] == "PRODUCER"]
+        return trace_id if any(s["service"] == "tasks" for s in producer) else None
+
+    found: str = await eventually(published, 30, "the relay's publish span")
+    spans = await _trace_with(system.trace_dir, found, {"gateway", "tasks"})
     assert {s["service"] for s in spans} >= {"gateway", "tasks"}
 
 
@@ -159,10 +160,12 @@ async def test_metrics_parse_and_the_named_series_move(system: System) -> None:
     assert moved("gateway", "taskbus_gateway_ratelimit_decisions_total")
     assert moved("auth", "taskbus_published_messages_total")
     assert moved("tasks", "taskbus_tasks_outbox_published_total")
-    async with asyncio.timeout(30):  # the mail is in the sink before the notifier counts it
-        while not moved("notifier", "taskbus_notifier_emails_total", outcome="sent"):
-            await asyncio.sleep(0.25)
-            after["notifier"] = await _metrics(system.procs["notifier"])
+
+    async def mail_counted() -> bool:  # the mail is in the sink before the notifier counts it
+        after["notifier"] = await _metrics(system.procs["notifier"])
+        return moved("notifier", "taskbus_notifier_emails_total", outcome="sent")
+
+    await eventually(mail_counted, 30, "the notifier to count the mail")
     assert ("taskbus_outbox_backlog", (("service", "tasks"),)) in after["tasks"]
 
 

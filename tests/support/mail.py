@@ -4,13 +4,13 @@ The sink directory keeps growing with earlier runs' messages, so MailBox reads e
 keeps the raw bytes and parses only the files that mention the recipient.
 """
 
-import asyncio
 import email
 import email.policy
 from email.message import EmailMessage
 from pathlib import Path
 
 from tests.support.infra import MAIL_DIR
+from tests.support.waiting import eventually
 
 
 class MailBox:
@@ -49,10 +49,11 @@ class MailBox:
         self, recipient: str, count: int = 1, within: float = 30.0
     ) -> list[EmailMessage]:
         """Poll until `count` messages to `recipient` are there."""
-        async with asyncio.timeout(within):
-            # The condition lives on disk, written by another process: poll it.
-            while len(found := self.to(recipient)) < count:  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
+        found: list[EmailMessage] = await eventually(
+            lambda: len(mails := self.to(recipient)) >= count and mails,
+            within,
+            f"{count} mail(s) to {recipient}",
+        )
         return found
 
 

@@ -1,14 +1,31 @@
-"""Waiting on a condition that another process or task makes true."""
+"""Waiting on a condition that another process or task makes true: the one polling loop."""
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+POLL_S = 0.1
 
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 30.0) -> Any:
-    """Poll `check` until it returns something truthy (a condition in another process)."""
-    async with asyncio.timeout(within):
-        # The condition lives in another process: poll it.
-        while not (result := await check()):  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
-    return result
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]] | Callable[[], Any],
+    within: float = 30.0,
+    what: str = "the condition",
+) -> Any:
+    """Poll `check` (sync or async) until it returns something truthy, and return that.
+
+    The condition lives in another process (a file, a topic, an HTTP answer), so there is
+    nothing in this one to await: polling is the honest wait. Fails the test after `within` s.
+    """
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                result = check()
+                if inspect.isawaitable(result):
+                    result = await result
+                if result:
+                    return result
+                await asyncio.sleep(POLL_S)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {within} s waiting for {what}") from None
