@@ -10,7 +10,7 @@ import pytest
 from tests.support.auth import PASSWORD, unique_email
 from tests.support.processes import ServiceProcess
 from tests.support.system import running_system
-from tests.support.tasks import eventually
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

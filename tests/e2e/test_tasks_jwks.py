@@ -8,8 +8,9 @@ import httpx
 import pytest
 
 from tests.support.infra import free_port
-from tests.support.tasks import eventually, tasks_process
+from tests.support.tasks import tasks_process
 from tests.support.tokens import SigningKey
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

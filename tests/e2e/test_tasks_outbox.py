@@ -9,8 +9,9 @@ from pymongo import AsyncMongoClient
 from common.events import TASKS_TOPIC
 from common.outbox import PENDING
 from tests.support.infra import MONGO_URL
-from tests.support.tasks import eventually, read_topic, tasks_process
+from tests.support.tasks import read_topic, tasks_process
 from tests.support.tokens import SigningKey
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

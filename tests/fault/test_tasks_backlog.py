@@ -5,8 +5,9 @@ import httpx
 import pytest
 
 from common.events import TASKS_TOPIC
-from tests.support.tasks import eventually, read_topic, tasks_process
+from tests.support.tasks import read_topic, tasks_process
 from tests.support.tokens import SigningKey
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 BOUND = 3

@@ -20,8 +20,8 @@ from gateway.settings import GatewaySettings
 from tests.support.gateway import gateway_client, gateway_settings, publish_revocation
 from tests.support.redis_server import RedisServer
 from tests.support.servers import EchoUpstream
-from tests.support.tasks import eventually
 from tests.support.tokens import SigningKey
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.support.gateway import Restartable, publish_revocation, restartable_gateway
-from tests.support.tasks import eventually
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from starlette.types import ASGIApp
 
 from tests.support.infra import free_port
-from tests.support.tasks import eventually
+from tests.support.waiting import eventually
 
 
 @asynccontextmanager

@@ -10,10 +10,6 @@ from common.events import Envelope
 from tests.support.infra import KAFKA_BOOTSTRAP, STATE_DIR, free_port, infra_env
 from tests.support.processes import ServiceProcess
 from tests.support.tokens import SigningKey
-from tests.support.waiting import eventually
-
-# eventually now lives in tests.support.waiting; re-exported so existing imports keep working.
-__all__ = ["eventually", "read_topic", "tasks_process"]
 
 
 def tasks_process(prefix: str, key: SigningKey | None, **env: str) -> ServiceProcess:
