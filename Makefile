@@ -81,5 +81,10 @@ bench-relay: ## outbox relay events/s vs tasks creates/s in one run (needs Kafka
 bench-notifier: ## notifier mails/s, 1 vs 2 replicas (needs Kafka, FerretDB) -> docs/bench-notifier.md
 	@$(PY) -m bench.bench_notifier
 
+.PHONY: bench-caches
+bench-caches: ## the gateway's token/L1 caches and the client's ETag cache, µs per call (no services needed)
+	@$(PY) -m bench.bench_gateway_caches
+	@$(PY) -m bench.bench_client_cache
+
 .PHONY: bench
-bench: bench-jwt bench-gateway bench-tasks bench-notifier ## every benchmark; results under docs/
+bench: bench-jwt bench-gateway bench-tasks bench-relay bench-notifier bench-caches ## every benchmark; results under docs/
