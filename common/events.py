@@ -4,10 +4,11 @@ Events are keyed by the owning user's id so that one user's events stay in order
 """
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field
+
+from common.clock import utcnow
 
 # Logical topic names; the physical name is `settings.topic(name)` (a prefix isolates test runs).
 USERS_TOPIC = "taskbus.users"
@@ -171,7 +172,7 @@ def new_event(
         id=str(uuid.uuid4()),
         source=source,
         type=payload.event_type,
-        time=datetime.now(UTC),
+        time=utcnow(),
         subject=subject,
         traceparent=traceparent,
         data=payload.model_dump(mode="json"),

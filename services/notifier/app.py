@@ -4,13 +4,14 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import aiohttp
 import structlog
 from fastapi import FastAPI
 from pymongo.errors import PyMongoError
 
+from common.clock import utcnow
 from common.health import Check, health_routes
 from common.infra import open_broker, open_mongo, ping_kafka, ping_mongo, ping_smtp
 from common.kafka import make_broker
@@ -32,7 +33,7 @@ PRUNE_INTERVAL_S = 3600.0
 async def _prune_forever(store: Store, settings: NotifierSettings) -> None:
     """Hourly, drop ledger entries older than the retention (every replica may do it)."""
     while True:
-        cutoff = datetime.now(UTC) - timedelta(seconds=settings.ledger_retention_s)
+        cutoff = utcnow() - timedelta(seconds=settings.ledger_retention_s)
         try:
             removed = await store.prune(cutoff)
             log.info("delivery ledger pruned", removed=removed)

@@ -17,11 +17,11 @@ it into a window of silent loss instead.
 
 import time
 import uuid
-from datetime import UTC, datetime
 from enum import StrEnum
 
 import structlog
 
+from common.clock import utcnow
 from common.events import Envelope
 from services.notifier.domain import (
     MAIL_CONSUMER,
@@ -71,7 +71,7 @@ class Deliverer:
         if mail is None:
             self._metrics.skipped.labels("not_notifying").inc()
             return Outcome.IGNORED
-        if mail.is_stale(datetime.now(UTC)):
+        if mail.is_stale(utcnow()):
             # Retries outlived the link (e.g. SMTP was down past the token's expiry).
             self._metrics.skipped.labels("expired").inc()
             return Outcome.EXPIRED

@@ -121,7 +121,7 @@ class Store:
         """Give the claim back so the next attempt (a retry, or a DLQ replay) can take it."""
         await self._deliveries.update_one(
             {"consumer": consumer, "event_id": event_id, "owner": owner, "state": "sending"},
-            {"$set": {"state": state, "last_error": error[:500], "updated_at": datetime.now(UTC)}},
+            {"$set": {"state": state, "last_error": error[:500], "updated_at": self._clock()}},
         )
 
     async def delivery(self, consumer: str, event_id: str) -> Doc | None:
@@ -165,7 +165,7 @@ class Store:
 
 async def _upsert(collection: AsyncCollection[Doc], doc_id: str, fields: Doc) -> None:
     """Set fields on a document, creating it if needed (last writer wins)."""
-    update = {"$set": {**fields, "updated_at": datetime.now(UTC)}}
+    update = {"$set": {**fields, "updated_at": utcnow()}}
     try:
         await collection.update_one({"_id": doc_id}, update, upsert=True)
     except DuplicateKeyError:
