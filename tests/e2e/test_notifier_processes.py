@@ -1,10 +1,8 @@
 """Notifier processes against real Kafka and FerretDB: an SMTP outage, and a replica crash."""
 
 import asyncio
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -19,7 +17,14 @@ from common.events import USERS_TOPIC, Envelope, UserRegistered, new_event
 from common.infra import open_broker
 from common.kafka import publish
 from services.notifier.settings import NotifierSettings
-from tests.support.infra import KAFKA_BOOTSTRAP, ROOT, STATE_DIR, free_port, infra_env
+from tests.support.infra import (
+    KAFKA_BOOTSTRAP,
+    ROOT,
+    STATE_DIR,
+    free_port,
+    infra_env,
+    wait_listening,
+)
 from tests.support.mail import MailBox
 from tests.support.metrics import metric_sum
 from tests.support.processes import ServiceProcess
@@ -44,15 +49,8 @@ class MailSink:
                 stdout=out,
                 stderr=out,
             )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            except OSError:
-                time.sleep(0.1)
-            else:
-                return self
-        raise TimeoutError("mail sink did not listen")
+        wait_listening(self.port, 20, "the mail sink")
+        return self
 
     def stop(self) -> None:
         if self._proc is not None:

@@ -1,11 +1,9 @@
 """A private FerretDB process for fault tests, so stopping it touches no shared database."""
 
-import socket
 import subprocess
-import time
 from pathlib import Path
 
-from tests.support.infra import STATE_DIR, free_port
+from tests.support.infra import STATE_DIR, free_port, wait_listening
 
 
 class FerretDB:
@@ -34,15 +32,8 @@ class FerretDB:
         log = (self._state / "ferretdb.log").open("ab")
         self.proc = subprocess.Popen(command, stdout=log, stderr=log)
         log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-            except OSError:
-                time.sleep(0.1)
-            else:
-                return self
-        raise TimeoutError("ferretdb did not listen within 30 s")
+        wait_listening(self.port, 30, "ferretdb")
+        return self
 
     def kill(self) -> None:
         """SIGKILL and reap."""

@@ -2,6 +2,7 @@
 
 import os
 import socket
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,3 +41,16 @@ def infra_env(prefix: str) -> dict[str, str]:
         "NOTIFIER_MONGO_DB": f"{prefix}_notifier",
         "NOTIFIER_SMTP_PORT": str(SMTP_PORT),
     }
+
+
+def wait_listening(port: int, within: float, what: str) -> None:
+    """Block until something accepts TCP connections on `port` (a process we just started)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        except OSError:
+            time.sleep(0.1)  # the listener is another process: nothing here to await
+        else:
+            return
+    raise TimeoutError(f"{what} did not listen on {port} within {within} s")
