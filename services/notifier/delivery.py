@@ -4,22 +4,31 @@ Ordering, and the residual window. The claim is recorded *before* sending, the r
 
 1. claim (insert `sending` with a lease; unique (consumer, event_id)) - a redelivery of a finished
    event stops here; one held by a live lease elsewhere is retried later, never sent twice;
-2. send over SMTP;
-3. record `sent`.
+2. send over SMTP, the whole conversation within `smtp_timeout_s` of the claim, so it is over
+   (or abandoned before the relay's answer to the message) while the lease still holds;
+   `claim_lease_s - smtp_timeout_s` is left for step 3 and for clock skew between replicas;
+3. record `sent` the moment the relay answers 250 to the message, before QUIT and before the
+   Kafka offset is committed; a failing write is retried until the lease runs out, and it is
+   shielded from cancellation, so a graceful stop never leaves it half done.
 
 A crash between 1 and 2 leaves a `sending` claim whose lease expires; the redelivered event then
-takes it over and sends (nothing lost). A crash between the relay's 250 and step 3 (one database
-round-trip, well under a millisecond of work) cannot be told apart from the previous case, so the
-takeover sends again: that mail carries the same Message-ID, which lets the relay and mail clients
-collapse it. This is the only duplicate window; the alternative (record before sending) would turn
-it into a window of silent loss instead.
+takes it over and sends (nothing lost, nothing doubled: the relay never had it). What remains is
+the window between the relay's 250 and the database acknowledging `sent`: one write, nothing
+else (`taskbus_notifier_accept_to_record_seconds` measures it). A SIGKILL inside it cannot be told
+apart from a crash before sending, so the takeover sends again: at most one duplicate per mail in
+that window at the kill (one per consumer of the killed process), carrying the same Message-ID,
+which lets the relay and mail clients collapse it. Recording before sending would turn it into a
+window of silent loss instead. A timeout or dropped connection while the relay holds the message's
+last line is the other unknown (RFC 1047): it is retried, so the relay may get it twice.
 """
 
+import asyncio
 import time
 import uuid
 from enum import StrEnum
 
 import structlog
+from pymongo.errors import PyMongoError
 
 from common.clock import utcnow
 from common.events import Envelope
@@ -39,6 +48,8 @@ from services.notifier.settings import NotifierSettings
 from services.notifier.storage import Store
 
 log = structlog.get_logger(__name__)
+# Pause between attempts to record a mail the relay accepted (the lease bounds the attempts).
+RECORD_RETRY_S = 0.2
 
 
 class Outcome(StrEnum):
@@ -79,6 +90,8 @@ class Deliverer:
         if address is None:
             self._metrics.skipped.labels("opted_out").inc()
             return Outcome.OPTED_OUT
+        # Read before the claim is written, so this process's idea of the lease ends no later.
+        claimed_at = time.monotonic()
         claim = await self._store.claim(
             MAIL_CONSUMER, mail.event_id, self._owner, self._settings.claim_lease_s
         )
@@ -94,7 +107,7 @@ class Deliverer:
             await self._store.finish(MAIL_CONSUMER, mail.event_id, "suppressed", "rate_limited")
             self._metrics.skipped.labels("rate_limited").inc()
             return Outcome.RATE_LIMITED
-        await self._send(mail, address)
+        await self._send(mail, address, claimed_at)
         return Outcome.SENT
 
     async def _address(self, mail: Mail) -> tuple[str, str] | None:
@@ -117,11 +130,21 @@ class Deliverer:
         window = window_start(time.time(), s.rate_limit_window_s)
         return await self._store.take_send_slot(mail.user_id, window, s.rate_limit_count)
 
-    async def _send(self, mail: Mail, address: tuple[str, str]) -> None:
-        """Send under the claim, then record it; a failure hands the claim back."""
+    async def _send(self, mail: Mail, address: tuple[str, str], claimed_at: float) -> None:
+        """Send under the claim, recording it on the relay's 250; a failure hands the claim back."""
+        s = self._settings
         message = self._mailer.render(mail, *address)
+        # Spent budget (a slow claim or rate check) times out at once: a retry, never a late send.
+        budget = s.smtp_timeout_s - (time.monotonic() - claimed_at)
+        lease_ends = claimed_at + s.claim_lease_s
+
+        async def accepted() -> None:
+            # Shielded: a cancellation (shutdown) must not cut the one write that prevents a
+            # second copy; the caller still sees the cancellation.
+            await asyncio.shield(self._record_sent(mail, lease_ends))
+
         try:
-            await self._mailer.send(message)
+            await self._mailer.send(message, accepted, budget)
         except TransientError as exc:
             await self._store.release(
                 MAIL_CONSUMER, mail.event_id, self._owner, "retrying", str(exc)
@@ -130,5 +153,18 @@ class Deliverer:
         except PermanentError as exc:
             await self._store.release(MAIL_CONSUMER, mail.event_id, self._owner, "dead", str(exc))
             raise
-        await self._store.finish(MAIL_CONSUMER, mail.event_id, "sent")
         self._metrics.sent.labels(mail.kind).inc()
+
+    async def _record_sent(self, mail: Mail, lease_ends: float) -> None:
+        """Record `sent`, retrying while the lease keeps every other sender off this event."""
+        started = time.monotonic()
+        while True:
+            try:
+                await self._store.finish(MAIL_CONSUMER, mail.event_id, "sent")
+                break
+            except PyMongoError:
+                if time.monotonic() + RECORD_RETRY_S >= lease_ends:
+                    raise  # past the lease a takeover may send it again (the residual window)
+                log.warning("recording a sent mail failed; trying again", event_id=mail.event_id)
+                await asyncio.sleep(RECORD_RETRY_S)
+        self._metrics.accept_to_record.observe(time.monotonic() - started)

@@ -273,7 +273,8 @@ def _source(
 ) -> DefaultSubscriber:
     description = (
         "user.registered.v1 -> welcome, user.password_reset_requested.v1 -> reset link, "
-        "task.due_soon.v1 -> reminder; every other type is committed and passed over."
+        "task.due_soon.v1 -> reminder; every other known type is committed and passed over, "
+        "an unknown type or an undecodable record goes to the DLQ."
     )
     topics = [settings.topic(topic)]
     workers = settings.consumers_per_topic

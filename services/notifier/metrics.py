@@ -4,7 +4,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from prometheus_client import REGISTRY, Counter
+from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -19,6 +19,12 @@ RETRIED = Counter("taskbus_notifier_retried", "Events re-published to a retry ti
 DEAD_LETTERED = Counter("taskbus_notifier_dead_lettered", "Events sent to the DLQ", ["reason"])
 DUPLICATES = Counter("taskbus_notifier_duplicates_skipped", "Redelivered events already handled")
 SKIPPED = Counter("taskbus_notifier_skipped", "Events that call for no mail", ["reason"])
+# The one window in which a crash sends a mail twice: the relay's 250 to `sent` being durable.
+ACCEPT_TO_RECORD = Histogram(
+    "taskbus_notifier_accept_to_record_seconds",
+    "From the relay accepting a mail to its `sent` record being acknowledged by the database",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+)
 
 ConsumerSource = Callable[[], list[tuple[str, AIOKafkaConsumer | None]]]
 
@@ -33,6 +39,7 @@ class Metrics:
     dead_lettered: Counter = DEAD_LETTERED
     duplicates: Counter = DUPLICATES
     skipped: Counter = SKIPPED
+    accept_to_record: Histogram = ACCEPT_TO_RECORD
     consumers: ConsumerSource = field(default=lambda: [])
     # (group, topic, partition) -> next offset to handle
     handled: dict[tuple[str, str, int], int] = field(default_factory=dict)

@@ -1,5 +1,6 @@
 """Delivery ordering and record routing, with in-memory stand-ins for Mongo, SMTP and Kafka."""
 
+import asyncio
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -9,7 +10,7 @@ from typing import Any, cast
 import pytest
 from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
-from pymongo.errors import ServerSelectionTimeoutError
+from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
 from common.events import (
     PasswordResetRequested,
@@ -21,10 +22,11 @@ from common.events import (
 from services.notifier.delivery import Deliverer, Outcome
 from services.notifier.domain import PermanentError, Preferences, TransientError
 from services.notifier.events import Pipeline
-from services.notifier.mailer import Mailer
+from services.notifier.mailer import Accepted, Mailer
 from services.notifier.metrics import Metrics
 from services.notifier.settings import NotifierSettings
 from services.notifier.storage import Claim, Store
+from tests.support.waiting import eventually
 
 SETTINGS = NotifierSettings(environment="test", retry_tiers=2, rate_limit_count=2)
 
@@ -38,6 +40,12 @@ class FakeStore:
     prefs: dict[str, Preferences] = field(default_factory=dict)
     slots: int = 0
     calls: list[str] = field(default_factory=list)
+    finish_failures: list[Exception] = field(default_factory=list)
+    # Cleared, it holds a `finish` write in flight (a slow database at the 250).
+    finish_gate: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.finish_gate.set()
 
     async def claim(self, consumer: str, event_id: str, owner: str, lease_s: float) -> Claim:
         self.calls.append("claim")
@@ -54,6 +62,9 @@ class FakeStore:
 
     async def finish(self, consumer: str, event_id: str, state: str, detail: str = "") -> None:
         self.calls.append(f"finish:{state}")
+        if self.finish_failures:
+            raise self.finish_failures.pop(0)
+        await self.finish_gate.wait()
         self.states[event_id] = state
 
     async def release(self, consumer: str, event_id: str, owner: str, state: str, e: str) -> None:
@@ -75,19 +86,23 @@ class FakeStore:
 
 
 class FakeMailer(Mailer):
-    """Renders for real; sending records the message or raises the queued failure."""
+    """Renders for real; a send records the message, answers 250 (`accepted`), then QUITs."""
 
     def __init__(self, store: FakeStore) -> None:
         super().__init__(SETTINGS)
         self.store = store
         self.sent: list[EmailMessage] = []
         self.failures: list[Exception] = []
+        self.budgets: list[float] = []
 
-    async def send(self, message: EmailMessage) -> None:
+    async def send(self, message: EmailMessage, accepted: Accepted, within_s: float) -> None:
         self.store.calls.append("send")
+        self.budgets.append(within_s)
         if self.failures:
             raise self.failures.pop(0)
         self.sent.append(message)
+        await accepted()
+        self.store.calls.append("quit")
 
 
 def make() -> tuple[Deliverer, FakeStore, FakeMailer]:
@@ -107,11 +122,48 @@ def reminder(user_id: str = "u1") -> Any:
     return new_event(TaskDueSoon(task=task), source="tasks", subject=user_id)
 
 
-async def test_claim_comes_before_send_and_the_record_after() -> None:
+async def test_claim_comes_before_send_and_the_record_on_the_250_before_quit() -> None:
     deliverer, store, mailer = make()
 
     assert await deliverer.deliver(welcome()) == Outcome.SENT
-    assert store.calls == ["claim", "send", "finish:sent"]
+    # Recorded before QUIT: a kill while the relay is slow to answer QUIT sends nothing twice.
+    assert store.calls == ["claim", "send", "finish:sent", "quit"]
+    assert len(mailer.sent) == 1
+
+
+async def test_the_whole_conversation_must_end_inside_the_lease() -> None:
+    deliverer, _, mailer = make()
+    await deliverer.deliver(welcome())
+
+    [budget] = mailer.budgets
+    assert 0 < budget <= SETTINGS.smtp_timeout_s < SETTINGS.claim_lease_s
+
+
+async def test_a_failed_record_of_an_accepted_mail_is_retried_not_the_mail() -> None:
+    deliverer, store, mailer = make()
+    store.finish_failures.append(AutoReconnect("primary stepped down"))
+    event = welcome()
+
+    assert await deliverer.deliver(event) == Outcome.SENT
+    assert store.states[event.id] == "sent"
+    assert store.calls == ["claim", "send", "finish:sent", "finish:sent", "quit"]
+    assert await deliverer.deliver(event) == Outcome.DUPLICATE
+    assert len(mailer.sent) == 1
+
+
+async def test_a_stop_during_the_record_still_records_the_accepted_mail() -> None:
+    deliverer, store, mailer = make()
+    event = welcome()
+    store.finish_gate.clear()  # the database is slow to acknowledge `sent`
+    delivering = asyncio.create_task(deliverer.deliver(event))
+    await eventually(lambda: "finish:sent" in store.calls, 5, "the record to start")
+
+    delivering.cancel()  # a graceful stop cancelling the handler
+    store.finish_gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await delivering
+    await eventually(lambda: store.states[event.id] == "sent", 5, "the record to land")
+    assert await deliverer.deliver(event) == Outcome.DUPLICATE
     assert len(mailer.sent) == 1
 
 

@@ -92,9 +92,10 @@ def test_other_events_call_for_no_mail(payload: object) -> None:
     assert plan(event, TEMPLATE) is None
 
 
-def test_unknown_event_types_are_ignored_not_poison() -> None:
+def test_event_types_this_build_does_not_know_are_poison_for_the_dlq() -> None:
     event = Envelope(id="1", source="s", type="task.archived.v9", time=NOW, subject="u", data={})
-    assert plan(event, TEMPLATE) is None
+    with pytest.raises(PoisonMessageError, match=r"unknown event type 'task\.archived\.v9'"):
+        plan(event, TEMPLATE)
 
 
 @pytest.mark.parametrize("raw", [b"", b"not json", b'{"id": "1"}', b"[1,2]"])

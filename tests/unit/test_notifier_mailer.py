@@ -1,15 +1,44 @@
 """Rendering (multipart, escaped, fixed Message-ID) and how SMTP failures are classified."""
 
+import asyncio
 from typing import Any
 
 import aiosmtplib
 import pytest
+from aiosmtpd.smtp import SMTP
 
 from services.notifier.domain import Mail, PermanentError, TransientError, message_id
 from services.notifier.mailer import Mailer
 from services.notifier.settings import NotifierSettings
 
 SETTINGS = NotifierSettings(environment="test", mail_from="Taskbus <noreply@taskbus.test>")
+
+
+class FakeSMTP:
+    """Stands in for aiosmtplib.SMTP: every step succeeds."""
+
+    def __init__(self, **_: object) -> None:
+        pass
+
+    async def connect(self) -> None:
+        pass
+
+    async def send_message(self, _: object) -> None:
+        pass
+
+    async def quit(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+async def never_accepted() -> None:
+    raise AssertionError("a refused mail is never recorded as accepted")
+
+
+async def nothing() -> None:
+    pass
 
 
 def render(kind: str, context: dict[str, Any], name: str = "Ada") -> dict[str, str]:
@@ -80,15 +109,16 @@ def test_headers_carry_recipient_sender_and_the_events_message_id() -> None:
 async def test_smtp_failures_are_transient_or_permanent(
     monkeypatch: pytest.MonkeyPatch, error: Exception, expected: type[Exception]
 ) -> None:
-    async def failing_send(*_: object, **__: object) -> None:
-        raise error
+    class Failing(FakeSMTP):
+        async def send_message(self, _: object) -> None:
+            raise error
 
-    monkeypatch.setattr(aiosmtplib, "send", failing_send)
+    monkeypatch.setattr(aiosmtplib, "SMTP", Failing)
     mailer = Mailer(SETTINGS)
     message = mailer.render(Mail("welcome", "e", "u", None, None, {}), "a@example.com", "A")
 
     with pytest.raises(expected):
-        await mailer.send(message)
+        await mailer.send(message, never_accepted, 5)
 
 
 async def test_security_and_credentials_reach_the_smtp_client(
@@ -96,10 +126,11 @@ async def test_security_and_credentials_reach_the_smtp_client(
 ) -> None:
     seen: dict[str, object] = {}
 
-    async def recording_send(_: object, **kwargs: object) -> None:
-        seen.update(kwargs)
+    class Recording(FakeSMTP):
+        def __init__(self, **kwargs: object) -> None:
+            seen.update(kwargs)
 
-    monkeypatch.setattr(aiosmtplib, "send", recording_send)
+    monkeypatch.setattr(aiosmtplib, "SMTP", Recording)
     settings = NotifierSettings(
         environment="test",
         smtp_host="relay.example",
@@ -109,10 +140,64 @@ async def test_security_and_credentials_reach_the_smtp_client(
         smtp_password="s3cret",  # type: ignore[arg-type]
     )
     mailer = Mailer(settings)
-    await mailer.send(mailer.render(Mail("welcome", "e", "u", None, None, {}), "a@x.io", "A"))
+    message = mailer.render(Mail("welcome", "e", "u", None, None, {}), "a@x.io", "A")
+    await mailer.send(message, nothing, 5)
 
     assert seen["hostname"] == "relay.example"
     assert seen["port"] == 587
     assert seen["start_tls"] is True
     assert seen["use_tls"] is False
     assert (seen["username"], seen["password"]) == ("mailer", "s3cret")
+
+
+class HoldingQuit:
+    """aiosmtpd handler: accepts every message, and answers QUIT only once released."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.release = asyncio.Event()
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:  # noqa: N802
+        self.events.append("250")
+        return "250 accepted"
+
+    async def handle_QUIT(self, server: object, session: object, envelope: object) -> str:  # noqa: N802
+        self.events.append("QUIT")
+        await self.release.wait()
+        return "221 bye"
+
+
+async def test_the_accepted_callback_runs_on_the_250_before_quit_is_even_sent() -> None:
+    handler = HoldingQuit()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(handler), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mailer = Mailer(NotifierSettings(environment="test", smtp_port=port, smtp_timeout_s=5))
+    message = mailer.render(Mail("welcome", "e", "u", None, None, {}), "a@x.io", "A")
+
+    async def accepted() -> None:
+        handler.events.append("recorded")
+        handler.release.set()
+
+    try:
+        await mailer.send(message, accepted, 5)
+    finally:
+        server.close()
+    assert handler.events == ["250", "recorded", "QUIT"]
+
+
+async def test_a_conversation_past_its_budget_is_abandoned_as_transient() -> None:
+    loop = asyncio.get_running_loop()
+    # A relay that accepts the connection and never greets: only the overall budget ends it.
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mailer = Mailer(NotifierSettings(environment="test", smtp_port=port, smtp_timeout_s=5))
+    message = mailer.render(Mail("welcome", "e", "u", None, None, {}), "a@x.io", "A")
+
+    started = loop.time()
+    try:
+        with pytest.raises(TransientError, match="Timeout"):
+            await mailer.send(message, never_accepted, 0.3)
+    finally:
+        server.close()
+    assert loop.time() - started < 2  # the per-command timeout alone would have waited 5 s
