@@ -55,8 +55,11 @@ async def ensure_topics(settings: ServiceSettings, names: Iterable[str]) -> None
     try:
         existing = set(await admin.list_topics())
         wanted = [settings.topic(name) for name in names]
+        replicas = settings.kafka_replication_factor
         missing = [
-            NewTopic(name, settings.kafka_partitions, 1) for name in wanted if name not in existing
+            NewTopic(name, settings.kafka_partitions, replicas)
+            for name in wanted
+            if name not in existing
         ]
         if not missing:
             return

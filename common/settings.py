@@ -31,6 +31,9 @@ class ServiceSettings(BaseSettings):
     # Prepended to every topic name so that test runs can share one broker without crosstalk.
     topic_prefix: str = ""
     kafka_partitions: int = 6
+    # Replicas of each topic a service creates: 3 on a production cluster (with the brokers'
+    # min.insync.replicas=2 and the producers' acks=all an acknowledged event survives a node).
+    kafka_replication_factor: int = Field(default=1, ge=1)
     mongo_url: str = "mongodb://127.0.0.1:27017/?directConnection=true"
     # A database that is down must fail a request well inside the gateway's upstream deadline
     # (5 s for tasks), so clients get a prompt 503 rather than a 504 or 500 by chance.
