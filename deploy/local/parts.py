@@ -21,6 +21,48 @@ KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 KAFKA_HEAP = "-Xmx768m"
 
 
+def render_kafka_properties(path: Path, port: int, controller_port: int, data: Path) -> None:
+    """Write a single-node broker+controller config from the template."""
+    template = (KAFKA_DIR / "server.properties.in").read_text()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        template.replace("@PORT@", str(port))
+        .replace("@CONTROLLER_PORT@", str(controller_port))
+        .replace("@DATA_DIR@", str(data))
+    )
+
+
+def kafka_java(cache_dir: Path, main_class: str, *args: str) -> list[str]:
+    """Run a Kafka class from the downloaded jars, logging through our log4j2 config."""
+    if shutil.which("java") is None:
+        raise RuntimeError("java is required to run Kafka")
+    jars = str(cache_dir / "kafka" / "libs" / "*")
+    log4j = f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.properties'}"
+    return ["java", "-cp", jars, log4j, main_class, *args]
+
+
+def kafka_cluster_id(cache_dir: Path) -> str:
+    """A fresh KRaft cluster id (every node of one cluster is formatted with the same one)."""
+    tool = kafka_java(cache_dir, "kafka.tools.StorageTool", "random-uuid")
+    out = subprocess.run(tool, capture_output=True, text=True, check=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def format_kafka(cache_dir: Path, properties: Path, cluster_id: str) -> None:
+    """Format a log dir: `--standalone` unless the config names static quorum voters."""
+    static = "controller.quorum.voters=" in properties.read_text()
+    quorum = [] if static else ["--standalone"]
+    args = ["format", "-t", cluster_id, *quorum, "-c", str(properties)]
+    tool = kafka_java(cache_dir, "kafka.tools.StorageTool", *args)
+    subprocess.run(tool, capture_output=True, text=True, check=True)
+
+
+def kafka_command(cache_dir: Path, properties: Path, heap: str = KAFKA_HEAP) -> list[str]:
+    """The broker's java command line for `properties`, its heap capped."""
+    java = kafka_java(cache_dir, "kafka.Kafka", str(properties))
+    return [java[0], "-Xms256m", heap, "-XX:+UseG1GC", *java[1:]]
+
+
 @dataclass(frozen=True)
 class Part:
     """One supervised process."""
@@ -107,58 +149,15 @@ class Stack:
         (self.state_dir / "ferretdb" / "data").mkdir(parents=True, exist_ok=True)
         (self.state_dir / "ferretdb" / "state").mkdir(parents=True, exist_ok=True)
         (self.state_dir / "redis").mkdir(parents=True, exist_ok=True)
-        template = (KAFKA_DIR / "server.properties.in").read_text()
-        self.kafka_properties.parent.mkdir(parents=True, exist_ok=True)
-        self.kafka_properties.write_text(
-            template.replace("@PORT@", str(self.kafka_port))
-            .replace("@CONTROLLER_PORT@", str(self.kafka_controller_port))
-            .replace("@DATA_DIR@", str(self.kafka_data))
+        render_kafka_properties(
+            self.kafka_properties, self.kafka_port, self.kafka_controller_port, self.kafka_data
         )
         if not (self.kafka_data / "meta.properties").exists():
-            self._format_kafka()
-
-    def _java(self, main_class: str, *args: str) -> list[str]:
-        if shutil.which("java") is None:
-            raise RuntimeError("java is required to run Kafka")
-        return [
-            "java",
-            "-cp",
-            str(self.cache_dir / "kafka" / "libs" / "*"),
-            f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.properties'}",
-            main_class,
-            *args,
-        ]
-
-    def _format_kafka(self) -> None:
-        cluster_id = (
-            subprocess.run(
-                self._java("kafka.tools.StorageTool", "random-uuid"),
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
-        subprocess.run(
-            self._java(
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                cluster_id,
-                "--standalone",
-                "-c",
-                str(self.kafka_properties),
-            ),
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+            format_kafka(self.cache_dir, self.kafka_properties, kafka_cluster_id(self.cache_dir))
 
     def kafka_command(self) -> list[str]:
         """The broker's command line (heap capped: two cores and 24 GiB are shared)."""
-        java = self._java("kafka.Kafka", str(self.kafka_properties))
-        return [java[0], "-Xms256m", KAFKA_HEAP, "-XX:+UseG1GC", *java[1:]]
+        return kafka_command(self.cache_dir, self.kafka_properties)
 
     def write_config(self) -> None:
         """Render supervisord.conf for the current ports and directories."""
