@@ -35,10 +35,10 @@ def tasks_process(prefix: str, key: SigningKey | None, **env: str) -> ServicePro
     )
 
 
-async def read_topic(topic: str) -> list[Envelope]:
+async def read_topic(topic: str, bootstrap: str = KAFKA_BOOTSTRAP) -> list[Envelope]:
     """Every event in `topic` right now, from the beginning to the current end offsets."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=KAFKA_BOOTSTRAP,
+        bootstrap_servers=bootstrap,
         group_id=f"test-{uuid.uuid4().hex}",
         enable_auto_commit=False,
     )
