@@ -35,7 +35,8 @@ def make_broker(settings: ServiceSettings) -> KafkaBroker:
     records. Subscribers choose their own ack policy (commit after handling).
     """
     return KafkaBroker(
-        settings.kafka_bootstrap,
+        # FastStream takes a string as one address; aiokafka's own clients split on commas.
+        settings.kafka_bootstrap.split(","),
         client_id=settings.service_name,
         acks="all",
         enable_idempotence=True,
