@@ -6,6 +6,12 @@ unique index on insert. So every decision two notifier replicas could race on is
 the first claim of an event (unique (consumer, event_id)), each later takeover round (unique
 (consumer, event_id, round) in `takeovers`), and each rate-limit slot (unique (user, window, slot)).
 Updates only ever touch a document this process alone has won.
+
+A delivery's `_id` is "<consumer>:<event_id>": FerretDB looks an `_id` up directly but scans the
+collection for any other filter (measured: 1.75 ms against 29.5 ms per update at 1,000 documents,
+growing with the ledger), and recording `sent` is the write a crash must not outrun. Records
+written before this key (an ObjectId `_id`) are still found by (consumer, event_id) until the
+retention prunes them.
 """
 
 from dataclasses import dataclass
@@ -73,12 +79,13 @@ class Store:
         lease_until = now + timedelta(seconds=lease_s)
         key = {"consumer": consumer, "event_id": event_id}
         claim = {"state": "sending", "owner": owner, "lease_until": lease_until, "updated_at": now}
+        first = {"_id": _id(consumer, event_id), **key, **claim, "round": 1, "created_at": now}
         try:
-            await self._deliveries.insert_one({**key, **claim, "round": 1, "created_at": now})
+            await self._deliveries.insert_one(first)
             return Claim("claimed", fresh=True)
         except DuplicateKeyError:
             pass
-        current = await self._deliveries.find_one(key)
+        current = await self.delivery(consumer, event_id)
         if current is None or current["state"] in _FINISHED:
             return Claim("done")
         live = current["state"] == "sending" and _aware(current["lease_until"]) >= now
@@ -90,7 +97,7 @@ class Store:
             await self._takeovers.insert_one({**key, "round": round_, "owner": owner, "at": now})
         except DuplicateKeyError:
             return Claim("busy")
-        await self._deliveries.update_one(key, {"$set": {**claim, "round": round_}})
+        await self._update(consumer, event_id, {}, {"$set": {**claim, "round": round_}})
         return Claim("claimed", previous=str(current["state"]))
 
     async def finish(
@@ -98,10 +105,8 @@ class Store:
     ) -> None:
         """Record the terminal state: a redelivered event is a no-op from now on."""
         now = self._clock()
-        await self._deliveries.update_one(
-            {"consumer": consumer, "event_id": event_id},
-            {"$set": {"state": state, "detail": detail, "updated_at": now, "finished_at": now}},
-        )
+        done = {"state": state, "detail": detail, "updated_at": now, "finished_at": now}
+        await self._update(consumer, event_id, {}, {"$set": done})
 
     async def prune(self, finished_before: datetime) -> int:
         """Forget events finished before this time (no redelivery can be that old; no TTL index)."""
@@ -119,14 +124,23 @@ class Store:
         error: str,
     ) -> None:
         """Give the claim back so the next attempt (a retry, or a DLQ replay) can take it."""
-        await self._deliveries.update_one(
-            {"consumer": consumer, "event_id": event_id, "owner": owner, "state": "sending"},
-            {"$set": {"state": state, "last_error": error[:500], "updated_at": self._clock()}},
-        )
+        released = {"state": state, "last_error": error[:500], "updated_at": self._clock()}
+        mine = {"owner": owner, "state": "sending"}
+        await self._update(consumer, event_id, mine, {"$set": released})
 
     async def delivery(self, consumer: str, event_id: str) -> Doc | None:
-        """The delivery record of an event (tests and the DLQ tool read it)."""
-        return await self._deliveries.find_one({"consumer": consumer, "event_id": event_id})
+        """The delivery record of an event."""
+        found = await self._deliveries.find_one({"_id": _id(consumer, event_id)})
+        if found is None:  # a record from before the `_id` key (scans on FerretDB)
+            found = await self._deliveries.find_one({"consumer": consumer, "event_id": event_id})
+        return found
+
+    async def _update(self, consumer: str, event_id: str, also: Doc, update: Doc) -> None:
+        """Update the event's delivery record by its `_id`, or by its fields if it predates it."""
+        result = await self._deliveries.update_one({"_id": _id(consumer, event_id), **also}, update)
+        if result.matched_count == 0:
+            legacy = {"consumer": consumer, "event_id": event_id, **also}
+            await self._deliveries.update_one(legacy, update)
 
     async def remember_recipient(self, user_id: str, email: str, name: str) -> None:
         """Keep the address that task reminders for this user go to."""
@@ -171,6 +185,10 @@ async def _upsert(collection: AsyncCollection[Doc], doc_id: str, fields: Doc) ->
     except DuplicateKeyError:
         # A concurrent upsert created it first: now it exists, so a plain update applies.
         await collection.update_one({"_id": doc_id}, update)
+
+
+def _id(consumer: str, event_id: str) -> str:
+    return f"{consumer}:{event_id}"
 
 
 def _aware(value: datetime) -> datetime:

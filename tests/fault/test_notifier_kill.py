@@ -98,11 +98,13 @@ async def test_killed_three_times_while_draining_200_mails_loses_none_and_repeat
     # (event, copies the relay had) for every mail accepted but not recorded `sent` at a kill:
     # exactly these are sent again by the takeover.
     in_window: set[tuple[str, int]] = set()
+    killed_at: list[int] = []  # mails received when each kill struck
     async with recording_relay() as relay:
         await _publish(prefix, events)
         started = time.monotonic()
         for kill in range(1, KILLS + 1):
-            proc = await _start(prefix, f"drain-{kill}", relay)
+            # Watched from its start, not its readiness: it drains while it reports ready.
+            proc = notifier_process(prefix, f"drain-{kill}", relay.port).start()
             try:
                 target = BACKLOG * kill // (KILLS + 1)
                 await eventually(
@@ -115,6 +117,7 @@ async def test_killed_three_times_while_draining_200_mails_loses_none_and_repeat
                 proc.stop()
             states = await ledger.states()
             copies = relay.copies(prefix)
+            killed_at.append(len(copies))
             in_window |= {(ids[m], n) for m, n in copies.items() if states.get(ids[m]) != "sent"}
         last = await _start(prefix, "drain-last", relay)
         try:
@@ -128,12 +131,14 @@ async def test_killed_three_times_while_draining_200_mails_loses_none_and_repeat
     duplicates = sum(copies.values()) - len(copies)
     spread = Counter(copies.values())
     print(
-        f"drain with {KILLS} kills: {BACKLOG} events, {len(copies)} received, lost "
-        f"{BACKLOG - len(copies)}, duplicates={duplicates} (accepted-unrecorded at the kills: "
-        f"{len(in_window)}), copies per mail {dict(spread)}, drained in {drain_s:.1f}s; "
+        f"drain with {KILLS} kills (at {killed_at} mails): {BACKLOG} events, "
+        f"{len(copies)} received, lost {BACKLOG - len(copies)}, duplicates={duplicates} "
+        f"(accepted-unrecorded at the kills: {len(in_window)}), copies per mail {dict(spread)}, "
+        f"drained in {drain_s:.1f}s; "
         f"250-to-record window of the last process: {window}"
     )
     assert set(copies) == set(ids)
+    assert all(n < BACKLOG for n in killed_at)  # every kill struck mid-stream
     assert duplicates == len(in_window)
     # At most one mail in the window per consumer of the killed process (2 users-topic workers).
     assert len(in_window) <= 2 * KILLS

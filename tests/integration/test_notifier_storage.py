@@ -108,3 +108,28 @@ async def test_pruning_forgets_only_old_finished_deliveries(stores: list[Store])
     assert await store.delivery("c", "old-sent") is None
     assert await store.delivery("c", "open") is not None
     assert await store.prune(datetime.now(UTC) - timedelta(days=1)) == 0
+
+
+async def test_a_record_from_before_the_id_key_is_still_taken_over_and_finished(
+    stores: list[Store], clients: list[Client], prefix: str
+) -> None:
+    store, db = stores[0], clients[0][f"{prefix}_notifier"]
+    expired = utcnow() - timedelta(seconds=1)
+    legacy = {"consumer": "c", "event_id": "old", "state": "sending", "round": 1}
+    await db["deliveries"].insert_one({**legacy, "owner": "gone", "lease_until": expired})
+
+    claim = await store.claim("c", "old", "b", 30)
+    assert (claim.status, claim.previous) == ("claimed", "sending")
+    await store.finish("c", "old", "sent")
+
+    assert (await store.claim("c", "old", "c", 30)).status == "done"
+    assert await db["deliveries"].count_documents({"event_id": "old"}) == 1
+
+
+async def test_a_delivery_is_keyed_by_consumer_and_event_id(
+    stores: list[Store], clients: list[Client], prefix: str
+) -> None:
+    await stores[0].claim("c", "e1", "a", 30)
+    found = await clients[0][f"{prefix}_notifier"]["deliveries"].find_one({"_id": "c:e1"})
+    assert found is not None
+    assert found["state"] == "sending"
