@@ -5,9 +5,11 @@ from the configured JWKS (never from `jku`/`x5u`/`jwk` headers), bounded leeway.
 """
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -23,11 +25,14 @@ from common.problems import ProblemError
 ALGORITHM = "RS256"
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - RFC 9068 media type: refresh or ID tokens can never pass as access
 MAX_LEEWAY_S = 30
+# The longest access-token lifetime auth may be configured with: how long a revocation matters.
+MAX_ACCESS_TTL_S = 3600
 # The one 401 for a missing or refused access token, at the gateway and in every service.
 UNAUTHORIZED_DETAIL = "missing or invalid access token"
 WWW_AUTHENTICATE: Mapping[str, str] = MappingProxyType({"WWW-Authenticate": "Bearer"})
 MAX_TOKEN_CHARS = 8192  # far above any token auth issues; bounds the work a header can cause
 _FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class TokenError(Exception):
@@ -50,6 +55,34 @@ class AccessClaims(BaseModel):
     nbf: int
     jti: str
     sid: str
+    # When the token's session began (the login), in ms since the epoch: a user-wide revocation
+    # refuses every token of a session begun before its cut-off, however recently refreshed.
+    # Tokens issued before the claim existed lack it (see session_started_ms).
+    sst: int | None = None
+
+
+def session_started_ms(claims: AccessClaims) -> int:
+    """When the token's session began, in ms; for a token without `sst`, the start of its `iat`
+    second, so it is refused unless it was issued wholly after a cut-off (fails closed)."""
+    return claims.sst if claims.sst is not None else claims.iat * 1000
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Whole ms since the epoch, floored (as BSON stores dates), in exact integer arithmetic so
+    the gateway, the services and auth's database agree on which side of a cut-off a session
+    lies."""
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+class Revocations(Protocol):
+    """Which access tokens have been revoked (the services' in-process list, common.revocations)."""
+
+    def refuses(self, claims: AccessClaims) -> bool:
+        """True if the token's session was revoked; RevocationsUnknownError if not known yet."""
+
+
+class RevocationsUnknownError(Exception):
+    """The revocation list has not caught up yet: no token can be judged, so answer 503."""
 
 
 class KeySource(Protocol):
@@ -187,21 +220,32 @@ class TokenVerifier:
             raise TokenError("invalid token") from exc
 
 
-async def verify_bearer(verifier: TokenVerifier, authorization: str | None) -> AccessClaims:
-    """The claims of an `Authorization: Bearer` header; one uniform 401 whatever is wrong, 503
-    when the keys cannot be had (no token can be judged then)."""
+async def verify_bearer(
+    verifier: TokenVerifier, revocations: Revocations, authorization: str | None
+) -> AccessClaims:
+    """The claims of an `Authorization: Bearer` header's valid, unrevoked token; one uniform 401
+    whatever is wrong, 503 when the keys or the revocations cannot be had (no token can be
+    judged then)."""
     scheme, _, token = (authorization or "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_CHARS:
         raise _unauthorized()
     try:
-        return await verifier.verify(token)
+        claims = await verifier.verify(token)
+        refused = revocations.refuses(claims)
     except TokenError:
         raise _unauthorized() from None
     except KeysUnavailableError:
-        raise ProblemError(
-            503, "cannot verify access tokens right now", headers={"Retry-After": "5"}
-        ) from None
+        raise _cannot_judge("cannot verify access tokens right now") from None
+    except RevocationsUnknownError:
+        raise _cannot_judge("revocations are not known yet; retry shortly") from None
+    if refused:
+        raise _unauthorized()
+    return claims
+
+
+def _cannot_judge(detail: str) -> ProblemError:
+    return ProblemError(503, detail, headers={"Retry-After": "5"})
 
 
 def _unauthorized() -> ProblemError:
@@ -218,9 +262,13 @@ def sign_access_token(
     session_id: str,
     ttl_s: int,
     now: float | None = None,
+    session_started: datetime | None = None,
 ) -> tuple[str, AccessClaims]:
-    """Sign a new access token; returns the compact JWT and its claims."""
-    issued = int(now if now is not None else time.time())
+    """Sign a new access token for a session begun at `session_started` (by default now: a new
+    login); returns the compact JWT and its claims."""
+    at = now if now is not None else time.time()
+    issued = int(at)
+    began = epoch_ms(session_started) if session_started is not None else math.floor(at * 1000)
     claims = AccessClaims(
         iss=issuer,
         aud=audience,
@@ -230,6 +278,7 @@ def sign_access_token(
         exp=issued + ttl_s,
         jti=uuid.uuid4().hex,
         sid=session_id,
+        sst=began,
     )
     token = jwt.encode(
         claims.model_dump(),

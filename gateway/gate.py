@@ -18,17 +18,23 @@ from redis.exceptions import NoScriptError
 from gateway.ratelimit import LimitCheck, LimitState
 
 # KEYS: revoked-session, revoked-user, generation, epoch, then one sorted set per limit check.
-# ARGV: unique member, token iat (-1: anonymous), then limit and window (ms) per check.
+# ARGV: unique member, token iat (-1: anonymous), when the token's session began (ms), then limit
+# and window (ms) per check.
 # Returns: {revoked, generation, admitted, remaining_1, reset_ms_1, remaining_2, ...}
 # The epoch key holds "<id>:<lost_ms>" (EPOCH_SCRIPT sets "<id>:0" at start-up). Found missing,
 # Redis has lost its state (a restart without persistence, a failover): every revocation it held
 # is gone, so tokens issued before that moment are refused (their clients refresh, and auth
 # checks the session in its database); the new id makes every generation new, so no cache entry
 # from before (L1 included) can match a key again.
+# A user-wide cut-off (seconds since the epoch, whole ms from auth) refuses every token whose
+# session began before it, to the ms: an old session's refresh in the cut-off's second is refused,
+# a login after it is not. It is rounded up to the ms (within 1 us, for float error), so a cut-off
+# with finer precision fails closed.
 GATE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local iat = tonumber(ARGV[2])
+local began = tonumber(ARGV[3])
 local epoch = redis.call('GET', KEYS[4])
 if not epoch then
   epoch = string.format('%d:%d', now, now)
@@ -39,7 +45,7 @@ if iat >= 0 then
   if iat * 1000 < tonumber(lost) then return {1, '0', 0} end
   if redis.call('EXISTS', KEYS[1]) == 1 then return {1, '0', 0} end
   local before = redis.call('GET', KEYS[2])
-  if before and iat < tonumber(before) then return {1, '0', 0} end
+  if before and began < math.ceil(tonumber(before) * 1000 - 0.001) then return {1, '0', 0} end
 end
 local gen = (redis.call('GET', KEYS[3]) or '0') .. '.' .. id
 local n = #KEYS - 4
@@ -47,8 +53,8 @@ local admitted = 1
 local counts = {}
 for i = 1, n do
   local key = KEYS[4 + i]
-  local limit = tonumber(ARGV[1 + 2 * i])
-  local window = tonumber(ARGV[2 + 2 * i])
+  local limit = tonumber(ARGV[2 + 2 * i])
+  local window = tonumber(ARGV[3 + 2 * i])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   counts[i] = redis.call('ZCARD', key)
   if counts[i] >= limit then admitted = 0 end
@@ -56,8 +62,8 @@ end
 local out = {0, gen, admitted}
 for i = 1, n do
   local key = KEYS[4 + i]
-  local limit = tonumber(ARGV[1 + 2 * i])
-  local window = tonumber(ARGV[2 + 2 * i])
+  local limit = tonumber(ARGV[2 + 2 * i])
+  local window = tonumber(ARGV[3 + 2 * i])
   if admitted == 1 then
     redis.call('ZADD', key, now, ARGV[1])
     redis.call('PEXPIRE', key, window)
@@ -100,6 +106,7 @@ class Identity:
     user: str
     session: str
     issued_at: int
+    session_started_ms: int
 
 
 class ScriptBatcher:
@@ -186,7 +193,7 @@ class Gate:
         """Revocation, generation and limits for one request, atomically."""
         if identity is None:
             head = [self.key("none")] * 3 + [self.key("epoch")]
-            iat = -1
+            iat = began = -1
         else:
             head = [
                 self.key(f"rev:sid:{identity.session}"),
@@ -194,9 +201,9 @@ class Gate:
                 self.key(f"gen:{identity.user}"),
                 self.key("epoch"),
             ]
-            iat = identity.issued_at
+            iat, began = identity.issued_at, identity.session_started_ms
         keys = head + [self.key(check.key) for check in checks]
-        args: list[str | int] = [uuid.uuid4().hex, iat]
+        args: list[str | int] = [uuid.uuid4().hex, iat, began]
         for check in checks:
             args += [check.policy.limit, check.policy.window_s * 1000]
         raw = await self._script(keys, args)

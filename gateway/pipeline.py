@@ -16,6 +16,7 @@ from common.tokens import (
     AccessClaims,
     KeysUnavailableError,
     TokenError,
+    session_started_ms,
 )
 from gateway.auth import EdgeVerifier
 from gateway.cache import (
@@ -170,7 +171,11 @@ class Pipeline:
         account = login_account(body) if limit_scope == "login" else None
         user = claims.sub if claims else None
         checks = checks_for(self._policies[limit_scope], ip=ip, user=user, account=account)
-        identity = Identity(claims.sub, claims.sid, claims.iat) if claims else None
+        identity = (
+            Identity(claims.sub, claims.sid, claims.iat, session_started_ms(claims))
+            if claims
+            else None
+        )
         names = [check.policy.name for check in checks]
         try:
             gate = await self._gate.check(identity, checks)

@@ -1,6 +1,5 @@
 """HTTP routes of the auth service; domain errors become problem+json here and nowhere else."""
 
-from datetime import timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -9,8 +8,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
 from common.clock import utcnow
-from common.events import PasswordResetRequested, UserRegistered
+from common.events import UserRegistered
 from common.problems import ProblemError
+from services.auth.clients import client_ip
 from services.auth.cookies import clear_cookie, set_cookie
 from services.auth.deps import CallerDep, Deps, DepsDep, bearer, get_caller, unauthorized
 from services.auth.domain import (
@@ -25,12 +25,12 @@ from services.auth.domain import (
     judge_refresh,
     new_id,
     new_refresh_token,
-    new_reset_token,
     normalize_email,
     parse_refresh_token,
 )
 from services.auth.events import queued, revoked_event
 from services.auth.grants import issue_pair, open_session, user_out
+from services.auth.reset_requests import start_reset
 from services.auth.schemas import (
     REFRESH_COOKIE,
     Accepted,
@@ -78,11 +78,11 @@ def _field(name: str, msg: str = "") -> dict[str, Any]:
 
 
 @router.post("/login")
-async def login(body: LoginIn, response: Response, deps: DepsDep) -> AuthOut:
+async def login(body: LoginIn, request: Request, response: Response, deps: DepsDep) -> AuthOut:
     """Exchange email and password for a token pair."""
     email = normalize_email(body.email)
     try:
-        user = await _check_login(deps, email, body.password)
+        user = await _check_login(deps, email, body.password, client_ip(request, deps))
     except ThrottledError as exc:
         raise _throttled(exc.retry_after_s) from None
     except AuthFailedError:
@@ -95,17 +95,21 @@ async def login(body: LoginIn, response: Response, deps: DepsDep) -> AuthOut:
     return AuthOut(**pair.model_dump(), user=user_out(user))
 
 
-async def _check_login(deps: Deps, email: str, password: str) -> User:
-    """The account if the password matches; the same work whether or not the account exists."""
-    retry_after = await deps.throttle.retry_after(email)
+async def _check_login(deps: Deps, email: str, password: str, ip: str) -> User:
+    """The account if the password matches; the same work whether or not the account exists.
+
+    The back-off is per address (services/auth/throttle.py): misses from one address never
+    refuse the owner's correct password from another.
+    """
+    retry_after = await deps.throttle.retry_after(email, ip)
     if retry_after:
         raise ThrottledError(retry_after)
     user = await deps.users.by_email(email)
     matched = await deps.passwords.verify(user.password_hash if user else None, password)
     if not matched or user is None:
-        await deps.throttle.failed(email)
+        await deps.throttle.failed(email, ip)
         raise AuthFailedError
-    await deps.throttle.succeeded(email)
+    await deps.throttle.succeeded(email, ip)
     if deps.passwords.needs_rehash(user.password_hash):
         new_hash = await deps.passwords.hash(password)
         await deps.users.replace_hash(user.id, user.password_hash, new_hash)
@@ -148,7 +152,7 @@ async def refresh(
         else:
             done = await deps.sessions.regrant(session, token_hash)
         if done:
-            pair = issue_pair(deps, user, session.id, token, now)
+            pair = issue_pair(deps, user, session, token, now)
             set_cookie(response, pair, deps.settings)
             return AuthOut(**pair.model_dump(), user=user_out(user))
     raise unauthorized()
@@ -214,12 +218,12 @@ async def me(caller: CallerDep) -> UserOut:
 
 @router.patch("/me")
 async def update_me(
-    body: MePatch, response: Response, caller: CallerDep, deps: DepsDep
+    body: MePatch, request: Request, response: Response, caller: CallerDep, deps: DepsDep
 ) -> MeUpdated:
     """Rename, and/or change the password: that revokes every session and opens a new one."""
     user = caller.user
     if body.new_password is not None and body.current_password is not None:
-        await _confirm_current_password(deps, user, body.current_password)
+        await _confirm_current_password(deps, user, body.current_password, client_ip(request, deps))
         _policy(body.new_password, user.email, "new_password")
         new_hash = await deps.passwords.hash(body.new_password)
         now = utcnow()
@@ -238,13 +242,13 @@ async def update_me(
     return MeUpdated(user=user_out(user), tokens=tokens)
 
 
-async def _confirm_current_password(deps: Deps, user: User, password: str) -> None:
+async def _confirm_current_password(deps: Deps, user: User, password: str, ip: str) -> None:
     """Re-check the password under the login back-off, so a stolen access token cannot guess it."""
-    retry_after = await deps.throttle.retry_after(user.email)
+    retry_after = await deps.throttle.retry_after(user.email, ip)
     if retry_after:
         raise _throttled(retry_after)
     if not await deps.passwords.verify(user.password_hash, password):
-        await deps.throttle.failed(user.email)
+        await deps.throttle.failed(user.email, ip)
         raise unauthorized()
 
 
@@ -264,21 +268,22 @@ def _policy(password: str, email: str, field: str) -> None:
 
 
 @router.post("/password-reset", status_code=202)
-async def request_reset(body: ResetIn, deps: DepsDep) -> Accepted:
-    """Mail a reset link if the account exists; the answer never says whether it does."""
-    email = normalize_email(body.email)
-    user = await deps.users.by_email(email)
-    if user is not None:
-        now = utcnow()
-        token, token_hash = new_reset_token()
-        expires = now + timedelta(seconds=deps.settings.reset_ttl_s)
-        payload = PasswordResetRequested(
-            user_id=user.id, email=user.email, name=user.name, reset_token=token, expires_at=expires
-        )
-        event = queued(payload, user.id)
-        await deps.users.set_reset(user.id, token_hash, expires, now, event)
-        deps.relay.wake()
+async def request_reset(body: ResetIn, request: Request, deps: DepsDep) -> Accepted:
+    """Mail a reset link if the account exists; neither the answer nor its timing says whether.
+
+    The lookup and the write happen after the 202 (a known account costs a database write an
+    unknown one does not: ~8 ms to time), so the response does the same work for every address.
+    """
+    wait = await deps.throttle.reset_request_wait(client_ip(request, deps))
+    if wait:
+        raise ProblemError(429, "too many reset requests; retry later", headers=_retry(wait))
+    if not start_reset(deps, normalize_email(body.email)):
+        raise ProblemError(503, "too many reset requests in flight", headers=_retry(1))
     return Accepted()
+
+
+def _retry(seconds: int) -> dict[str, str]:
+    return {"Retry-After": str(seconds)}
 
 
 @router.post("/password-reset/confirm", status_code=204)
@@ -295,7 +300,7 @@ async def confirm_reset(body: ResetConfirmIn, deps: DepsDep) -> Response:
     if not await deps.users.consume_reset(user.id, token_hash, new_hash, now, event):
         raise unauthorized()
     deps.relay.wake()
-    await deps.throttle.succeeded(user.email)
+    await deps.throttle.forget_account(user.email)
     return Response(status_code=204)
 
 

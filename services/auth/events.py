@@ -33,11 +33,12 @@ def queued(payload: Payload, user_id: str) -> OutboxEntry:
 def revoked_event(user_id: str, reason: RevokeReason, now: datetime, *sids: str) -> OutboxEntry:
     """A user.sessions_revoked outbox entry: the named sessions, or all of them when none is named.
 
-    Access tokens carry whole-second `iat`s and the gateway refuses `iat < revoked_before`, so a
-    user-wide cut-off is rounded down: a token issued right after it, in the same second (the new
-    login after logout-all, the replacement session of a password change), must stay valid.
+    A user-wide cut-off is `now` in whole ms (floored, as the database stores it): every token of
+    a session begun before it is refused (tokens carry their session's start, `sst`, in ms), so
+    a refresh of an old session in the same second is refused too, while the new login after
+    logout-all, or the replacement session of a password change, begins at or after it.
     """
-    before = now if sids else now.replace(microsecond=0)
+    before = now.replace(microsecond=now.microsecond // 1000 * 1000)
     payload = SessionsRevoked(
         user_id=user_id, session_ids=sids, revoked_before=before, reason=reason
     )

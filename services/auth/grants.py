@@ -14,24 +14,26 @@ def user_out(user: User) -> UserOut:
 
 
 def issue_pair(
-    deps: Deps, user: User, session_id: str, refresh_token: str, now: datetime
+    deps: Deps, user: User, session: Session, refresh_token: str, now: datetime
 ) -> TokenPair:
-    """A new access token for the session, paired with the refresh token just issued."""
+    """A new access token for the session, paired with the refresh token just issued; it names
+    when the session began, so a user-wide revocation refuses it however fresh it is."""
     access, _ = sign_access_token(
         deps.keys.current.private_key,
         deps.keys.current.kid,
         issuer=deps.settings.jwt_issuer,
         audience=deps.settings.jwt_audience,
         subject=user.id,
-        session_id=session_id,
+        session_id=session.id,
         ttl_s=deps.settings.access_ttl_s,
         now=now.timestamp(),
+        session_started=session.created_at,
     )
     return TokenPair(
         access_token=access,
         expires_in=deps.settings.access_ttl_s,
         refresh_token=refresh_token,
-        session_id=session_id,
+        session_id=session.id,
     )
 
 
@@ -44,4 +46,4 @@ async def open_session(deps: Deps, user: User, now: datetime) -> TokenPair:
         id=session_id, user_id=user.id, current_hash=token_hash, created_at=now, expires_at=expires
     )
     await deps.sessions.insert(session)
-    return issue_pair(deps, user, session_id, token, now)
+    return issue_pair(deps, user, session, token, now)

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from common.tokens import AccessClaims, TokenVerifier, verify_bearer
+from common.tokens import AccessClaims, Revocations, TokenVerifier, verify_bearer
 from services.notifier.domain import Preferences
 from services.notifier.storage import Store
 
@@ -16,16 +16,23 @@ def _verifier(request: Request) -> TokenVerifier:
     return verifier
 
 
+def _revocations(request: Request) -> Revocations:
+    revocations: Revocations = request.app.state.revocations
+    return revocations
+
+
 def _store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
 
 
 async def current_user(
-    request: Request, verifier: Annotated[TokenVerifier, Depends(_verifier)]
+    request: Request,
+    verifier: Annotated[TokenVerifier, Depends(_verifier)],
+    revocations: Annotated[Revocations, Depends(_revocations)],
 ) -> AccessClaims:
-    """The verified caller; one uniform 401 whatever is wrong with the token."""
-    return await verify_bearer(verifier, request.headers.get("authorization"))
+    """The verified caller, session not revoked; one uniform 401 whatever is wrong with it."""
+    return await verify_bearer(verifier, revocations, request.headers.get("authorization"))
 
 
 Caller = Annotated[AccessClaims, Depends(current_user)]

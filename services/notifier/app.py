@@ -17,6 +17,7 @@ from common.infra import open_broker, open_mongo, ping_kafka, ping_mongo, ping_s
 from common.kafka import make_broker
 from common.limits import BodyLimit
 from common.problems import install_problem_handlers
+from common.revocations import RevocationFeed, RevocationList
 from common.tokens import TokenVerifier, jwks_source
 from services.notifier.api import MAX_BODY_BYTES, router
 from services.notifier.delivery import Deliverer
@@ -73,8 +74,12 @@ def create_app(settings: NotifierSettings) -> FastAPI:
             )
             pruning = asyncio.create_task(_prune_forever(store, settings))
             stack.callback(pruning.cancel)
+            revocations = app.state.revocations = RevocationList()
+            feed = asyncio.create_task(RevocationFeed(settings, revocations).run())
+            stack.callback(feed.cancel)
             checks["mongo"] = lambda: ping_mongo(mongo)
             checks["kafka"] = lambda: ping_kafka(broker)
+            checks["revocations"] = revocations.ready
             yield
 
     app = FastAPI(title="Taskbus notifier", lifespan=lifespan)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from starlette.responses import Response
 
 from common.problems import ProblemError, problem_response
-from common.tokens import TokenVerifier, verify_bearer
+from common.tokens import Revocations, TokenVerifier, verify_bearer
 from services.tasks.domain import (
     BacklogFullError,
     BusyError,
@@ -54,6 +54,7 @@ class Deps:
 
     tasks: TaskService
     verifier: TokenVerifier
+    revocations: Revocations
     cursor_secret: bytes
 
 
@@ -67,8 +68,8 @@ DepsDep = Annotated[Deps, Depends(deps)]
 
 
 async def caller(d: DepsDep, authorization: Annotated[str | None, Header()] = None) -> str:
-    """The verified token's subject; one uniform 401 whatever is wrong with the token."""
-    return (await verify_bearer(d.verifier, authorization)).sub
+    """The verified, unrevoked token's subject; one uniform 401 whatever is wrong with it."""
+    return (await verify_bearer(d.verifier, d.revocations, authorization)).sub
 
 
 Owner = Annotated[str, Depends(caller)]

@@ -12,6 +12,7 @@ from common.health import Check, health_routes
 from common.infra import open_broker, open_mongo, ping_mongo
 from common.limits import BodyLimit
 from common.problems import install_problem_handlers
+from common.revocations import RevocationFeed, RevocationList
 from common.tokens import TokenVerifier, jwks_source
 from common.unavailable import LoadShedder, install_failure_handlers
 from services.tasks.api import (
@@ -49,6 +50,7 @@ def create_app(settings: TasksSettings) -> FastAPI:
             )
             await store.ensure_indexes()
             relay = outbox_relay(store.tasks, store.locks, broker, settings)
+            revocations = RevocationList()
             verifier = TokenVerifier(
                 jwks_source(settings.static_jwks(), http, settings.jwks_url),
                 issuer=settings.jwt_issuer,
@@ -61,11 +63,13 @@ def create_app(settings: TasksSettings) -> FastAPI:
                     backlog_full=lambda: relay.backlog > settings.backlog_max,
                 ),
                 verifier=verifier,
+                revocations=revocations,
                 cursor_secret=settings.cursor_secret.get_secret_value().encode(),
             )
             # Stopped before the broker closes (exit stack order), so nothing publishes late.
             # Relay leases use lock documents even when write locks are off: always swept.
-            loops = [store.locks.sweep_forever(), relay.watch_backlog()]
+            feed = RevocationFeed(settings, revocations)
+            loops = [store.locks.sweep_forever(), relay.watch_backlog(), feed.run()]
             if settings.relay_enabled:
                 loops.append(relay.run())
             if settings.reminders_enabled:
@@ -75,6 +79,8 @@ def create_app(settings: TasksSettings) -> FastAPI:
                 stack.push_async_callback(_stop, asyncio.create_task(loop))
             # Not Kafka: writes go to the outbox and the relay catches up after a broker outage.
             checks["mongo"] = lambda: ping_mongo(mongo)
+            # Ready once revocations are known; not Kafka's later outages (common.revocations).
+            checks["revocations"] = revocations.ready
             yield
 
     app = FastAPI(title="Taskbus tasks", lifespan=lifespan)

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from common.limits import BodyLimit
 from common.problems import install_problem_handlers
+from common.revocations import RevocationList
 from common.tokens import JwksCache, KeysUnavailableError, TokenVerifier
 from services.notifier.api import MAX_BODY_BYTES, router
 from services.notifier.domain import Preferences
@@ -17,6 +18,13 @@ from tests.support.tokens import AUDIENCE, ISSUER, SigningKey
 
 KEY = SigningKey.generate()
 OTHER_KEY = SigningKey.generate("other")
+
+
+def caught_up() -> RevocationList:
+    """A revocation list that has read the users topic (and found nothing revoked)."""
+    revocations = RevocationList()
+    revocations.caught_up = True
+    return revocations
 
 
 class MemoryPreferences:
@@ -38,6 +46,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     app.include_router(router)
     app.state.store = MemoryPreferences()
     app.state.verifier = KEY.verifier()
+    app.state.revocations = caught_up()
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://n") as http:
         yield http
@@ -112,6 +121,7 @@ async def test_an_unreachable_key_set_answers_503_not_401() -> None:
     app.include_router(router)
     app.state.store = MemoryPreferences()
     app.state.verifier = TokenVerifier(JwksCache(unreachable), issuer=ISSUER, audience=AUDIENCE)
+    app.state.revocations = caught_up()
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://n") as http:
         response = await http.get(URL, headers=auth("alice"))
