@@ -8,12 +8,13 @@ Its cost, O(limit) members per key, is small for the policies here (tens to hund
 """
 
 import hashlib
-import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
 
+# Re-exported (the pipeline and its tests import it from here).
+from common.forwarding import TrustedProxies as TrustedProxies  # noqa: PLC0414
 from gateway.settings import LimitPolicy, LimitScope
 
 
@@ -62,39 +63,6 @@ def login_account(body: bytes) -> str | None:
     if not isinstance(email, str) or not email.strip():
         return None
     return hashlib.sha256(email.strip().casefold().encode()).hexdigest()[:32]
-
-
-class TrustedProxies:
-    """Decides the client address: X-Forwarded-For is believed only from configured proxies."""
-
-    def __init__(self, proxies: Iterable[str]) -> None:
-        self._networks = [ipaddress.ip_network(proxy, strict=False) for proxy in proxies]
-
-    def trusts(self, address: str) -> bool:
-        """True if `address` is one of the configured proxies."""
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self._networks)
-
-    def client_ip(self, peer: str, forwarded_for: bytes | None) -> str:
-        """The rightmost address in the chain that is not a trusted proxy."""
-        if not forwarded_for or not self.trusts(peer):
-            return peer
-        hops = [hop.strip() for hop in forwarded_for.decode("latin-1").split(",") if hop.strip()]
-        for hop in reversed(hops):
-            if not self.trusts(hop):
-                return hop if _is_ip(hop) else peer
-        return hops[0] if hops and _is_ip(hops[0]) else peer
-
-
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
 
 def policy_header(policies: Iterable[LimitPolicy]) -> bytes:

@@ -26,8 +26,10 @@ class LimitPolicy(BaseModel):
 
 
 DEFAULT_POLICIES = (
-    LimitPolicy(name="login-ip", limit=10, window_s=900, scope="login", key="ip"),
-    LimitPolicy(name="login-account", limit=10, window_s=900, scope="login", key="account"),
+    # No per-account login policy here: the edge cannot tell a wrong password from a right one,
+    # so one would let anybody lock a victim out. Auth backs off per account and address
+    # (services/auth/throttle.py); a window of 5 min keeps every login delay within 5 min.
+    LimitPolicy(name="login-ip", limit=10, window_s=300, scope="login", key="ip"),
     LimitPolicy(name="public-ip", limit=120, window_s=60, scope="public", key="ip"),
     LimitPolicy(name="api-user", limit=600, window_s=60, scope="api", key="user"),
     LimitPolicy(name="api-ip", limit=1200, window_s=60, scope="api", key="ip"),

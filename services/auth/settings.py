@@ -34,10 +34,20 @@ class AuthSettings(ServiceSettings):
     argon2_parallelism: int = Field(default=1, ge=1, le=8)
     # Concurrent hashes; each holds argon2_memory_kib of RAM, so this bounds memory under a flood.
     argon2_concurrency: int = Field(default=4, ge=1, le=64)
-    # Failed logins per account before back-off starts; the back-off doubles up to the cap.
+    # Failed logins (services/auth/throttle.py): per address and account before that address
+    # backs off, per account before it is guarded (only clean addresses heard), per address over
+    # every account; each back-off doubles up to the cap (5 min at most: the README's promise).
     login_free_attempts: int = Field(default=5, ge=1)
-    login_backoff_cap_s: int = Field(default=300, ge=1, le=900)
+    login_account_free_attempts: int = Field(default=10, ge=1)
+    login_ip_free_attempts: int = Field(default=20, ge=1)
+    login_backoff_cap_s: int = Field(default=300, ge=1, le=300)
     login_failure_window_s: int = Field(default=900, ge=60)
+    # Peers whose X-Forwarded-For is believed (the gateways), as addresses or CIDRs.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    # Password-reset requests per client address per hour, and reset mails per mailbox per hour
+    # (services/auth/throttle.py); registrations are capped per address by the gateway.
+    reset_requests_per_ip_hour: int = Field(default=20, ge=1)
+    reset_mails_per_address_hour: int = Field(default=3, ge=1)
     max_body_bytes: int = Field(default=16 * 1024, ge=1024)
     relay_poll_s: float = Field(default=1.0, gt=0)
 

@@ -164,13 +164,13 @@ async def test_login_backoff_is_capped_and_cleared_by_success(settings: AuthSett
             redis, settings.redis_prefix, free_attempts=2, cap_s=3, window_s=60
         )
         email = f"{new_id()}@example.com"
-        backoffs = [await throttle.failed(email) for _ in range(8)]
+        backoffs = [await throttle.failed(email, "192.0.2.1") for _ in range(8)]
         assert backoffs == [0, 1, 2, 3, 3, 3, 3, 3]
-        assert 1 <= await throttle.retry_after(email) <= 3
-        await throttle.succeeded(email)
-        assert await throttle.retry_after(email) == 0
-        assert await throttle.failed(email) == 0
-        await throttle.succeeded(email)
+        assert 1 <= await throttle.retry_after(email, "192.0.2.1") <= 3
+        await throttle.succeeded(email, "192.0.2.1")
+        assert await throttle.retry_after(email, "192.0.2.1") == 0
+        assert await throttle.failed(email, "192.0.2.1") == 0
+        await throttle.succeeded(email, "192.0.2.1")
 
 
 async def test_a_malformed_entry_does_not_hold_up_the_others(

@@ -28,10 +28,13 @@ from gateway.ratelimit import (
 )
 from gateway.reply import Reply
 from gateway.routes import TABLE
-from gateway.settings import DEFAULT_POLICIES, LimitPolicy
+from gateway.settings import LimitPolicy
 from tests.support.tokens import SigningKey
 
-LOGIN_IP, LOGIN_ACCOUNT = DEFAULT_POLICIES[0], DEFAULT_POLICIES[1]
+LOGIN_IP = LimitPolicy(name="login-ip", limit=10, window_s=900, scope="login", key="ip")
+LOGIN_ACCOUNT = LimitPolicy(
+    name="login-account", limit=10, window_s=900, scope="login", key="account"
+)
 
 
 def test_ratelimit_headers_follow_draft_11_syntax() -> None:
