@@ -152,7 +152,7 @@ async def refresh(
         else:
             done = await deps.sessions.regrant(session, token_hash)
         if done:
-            pair = issue_pair(deps, user, session.id, token, now)
+            pair = issue_pair(deps, user, session, token, now)
             set_cookie(response, pair, deps.settings)
             return AuthOut(**pair.model_dump(), user=user_out(user))
     raise unauthorized()
