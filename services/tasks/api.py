@@ -31,6 +31,7 @@ from services.tasks.domain import (
     etag,
     if_none_match_hit,
 )
+from services.tasks.quota import TaskQuotaExceededError
 from services.tasks.service import TaskService
 
 log = structlog.get_logger(__name__)
@@ -45,7 +46,10 @@ _ERRORS: dict[type[TaskError], tuple[int, str]] = {
     IdempotentTaskGoneError: (409, "the task this Idempotency-Key created has been deleted"),
     BusyError: (503, "the task is busy; retry shortly"),
     BacklogFullError: (503, "too many events wait to be published; retry shortly"),
+    TaskQuotaExceededError: (409, "task limit reached: delete tasks to make room"),
 }
+QUOTA_PROBLEM = "https://taskbus.dev/problems/task-quota-exceeded"
+_TYPES: dict[type[Exception], str] = {TaskQuotaExceededError: QUOTA_PROBLEM}
 
 
 @dataclass
@@ -95,7 +99,18 @@ def _task_response(
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
 
-@router.post("", status_code=201, response_model=Task)
+@router.post(
+    "",
+    status_code=201,
+    response_model=Task,
+    responses={
+        409: {
+            "description": f"the caller stores its maximum of tasks (type {QUOTA_PROBLEM}), or "
+            "the task an Idempotency-Key created has been deleted",
+            "content": {"application/problem+json": {}},
+        }
+    },
+)
 async def create_task(
     body: TaskCreate,
     owner: Owner,
@@ -179,7 +194,13 @@ def install_task_error_handlers(app: FastAPI) -> None:
         if status >= 500:
             log.warning("answering with an error", status=status, error=str(exc))
         headers = {"Retry-After": "1"} if status == 503 else None
-        return problem_response(status, detail, instance=request.url.path, headers=headers)
+        return problem_response(
+            status,
+            detail,
+            type_=_TYPES.get(type(exc), "about:blank"),
+            instance=request.url.path,
+            headers=headers,
+        )
 
     for error in _ERRORS:
         app.add_exception_handler(error, on_task_error)

@@ -21,6 +21,7 @@ from services.tasks.api import (
     router,
 )
 from services.tasks.events import outbox_relay
+from services.tasks.quota import TaskQuota
 from services.tasks.reminders import ReminderScan, ReminderStore
 from services.tasks.service import TaskService
 from services.tasks.settings import TasksSettings
@@ -61,6 +62,7 @@ def create_app(settings: TasksSettings) -> FastAPI:
                     store,
                     written=relay.wake,
                     backlog_full=lambda: relay.backlog > settings.backlog_max,
+                    quota=_quota(store, settings),
                 ),
                 verifier=verifier,
                 revocations=revocations,
@@ -91,6 +93,18 @@ def create_app(settings: TasksSettings) -> FastAPI:
     app.router.routes.extend(health_routes(lambda: checks))
     _add_middleware(app, settings)
     return app
+
+
+def _quota(store: TaskStore, settings: TasksSettings) -> TaskQuota:
+    async def live_tasks(owner: str) -> int:
+        return (await store.stats(owner)).total
+
+    return TaskQuota(
+        live_tasks,
+        max_tasks=settings.max_tasks_per_user,
+        recount_every=settings.quota_recount_every,
+        full_recheck_s=settings.quota_recheck_s,
+    )
 
 
 def _add_middleware(app: FastAPI, settings: TasksSettings) -> None:

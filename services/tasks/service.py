@@ -25,6 +25,7 @@ from services.tasks.domain import (
     new_task,
 )
 from services.tasks.events import wrap
+from services.tasks.quota import TaskQuota
 from services.tasks.storage import Stored, new_task_id
 
 ATTEMPTS = 5
@@ -71,9 +72,11 @@ class TaskService:
         *,
         written: Callable[[], None],
         backlog_full: Callable[[], bool] = lambda: False,
+        quota: TaskQuota | None = None,
         clock: Clock = utcnow,
     ) -> None:
         self._store = store
+        self._quota = quota  # the per-user cap on stored tasks (services/tasks/quota.py)
         self._written = written  # wakes the outbox relay
         self._backlog_full = backlog_full
         self._clock = clock
@@ -86,6 +89,8 @@ class TaskService:
     async def create(self, owner: str, body: TaskCreate, idem_key: str | None) -> tuple[Task, bool]:
         """A new task; (the first result, True) for an Idempotency-Key retry."""
         self._admit_write()
+        if self._quota is not None:
+            await self._quota.admit(owner)
         task = new_task(new_task_id(), owner, body, self._clock())
         event = wrap(TaskCreated(task=task.snapshot()), owner)
         stored = await self._store.create(

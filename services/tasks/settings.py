@@ -42,6 +42,12 @@ class TasksSettings(ServiceSettings):
     shed_limit: int = Field(default=16, ge=1)
     shed_queue: int = Field(default=32, ge=0)
     shed_wait_s: float = Field(default=0.5, ge=0)
+    # The per-user cap on stored tasks (services/tasks/quota.py): each process counts a user's
+    # tasks again after quota_recount_every creates it admitted, and at most every
+    # quota_recheck_s once at the cap; a user may overshoot by replicas x quota_recount_every.
+    max_tasks_per_user: int = Field(default=10_000, ge=1)
+    quota_recount_every: int = Field(default=100, ge=1)
+    quota_recheck_s: float = Field(default=10.0, gt=0)
     reminder_lead_s: float = Field(default=3600.0, ge=0)
     reminder_interval_s: float = Field(default=30.0, gt=0)
 
