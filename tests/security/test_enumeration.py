@@ -56,7 +56,7 @@ async def test_password_reset_takes_the_same_time_for_known_and_unknown_accounts
             assert status == 202
             timings[kind].append(ms)
     medians = {kind: statistics.median(values) for kind, values in timings.items()}
-    print(f"reset median ms over {SAMPLES} each: {medians}")  # noqa: T201 - the docs' figure
+    print(f"reset median ms over {SAMPLES} each: {medians}")
     # The answer comes before any lookup or write: no difference beyond noise.
     assert abs(medians["known"] - medians["unknown"]) < 2.0, medians
 
