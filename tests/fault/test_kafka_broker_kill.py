@@ -50,7 +50,14 @@ async def _drain(prefix: str, kafka: KafkaCluster, acked: list[str]) -> tuple[De
         found = await delivered(prefix, kafka.bootstrap)
         return None if found.lost(acked) else found
 
-    found = await eventually(all_there, DRAIN_WITHIN_S, "every acknowledged create's event")
+    try:
+        found = await eventually(all_there, DRAIN_WITHIN_S, "every acknowledged create's event")
+    except AssertionError:
+        missing = (await delivered(prefix, kafka.bootstrap)).lost(acked)
+        raise AssertionError(
+            f"{len(missing)} of {len(acked)} acknowledged creates not published "
+            f"{DRAIN_WITHIN_S:.0f} s after the writers stopped"
+        ) from None
     return found, time.monotonic() - started
 
 
