@@ -141,7 +141,7 @@ def allowed_by(preferences: Preferences, kind: Kind) -> bool:
 def subject(mail: Mail, name: str) -> str:
     """The subject line, on one line whatever the user-supplied parts contain."""
     if mail.kind == "welcome":
-        text = f"Welcome to Taskbus, {name}"
+        text = "Welcome to Taskbus"  # no account text: the address is unverified
     elif mail.kind == "password_reset":
         text = "Reset your Taskbus password"
     else:

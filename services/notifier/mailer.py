@@ -16,6 +16,8 @@ from services.notifier.domain import Mail, PermanentError, TransientError, messa
 from services.notifier.settings import NotifierSettings
 
 TEMPLATES = Path(__file__).parent / "templates"
+# Kinds mailed to an address before its owner has acted on anything: no user-chosen text.
+UNVERIFIED_KINDS = frozenset({"welcome"})
 _tracer = trace.get_tracer(__name__)
 # Called once the relay has accepted a message (its 250), before QUIT.
 Accepted = Callable[[], Awaitable[None]]
@@ -40,6 +42,8 @@ class Mailer:
 
     def render(self, mail: Mail, email: str, name: str) -> EmailMessage:
         """A text/plain + text/html alternative message with a Message-ID fixed by the event."""
+        # A welcome goes to an address nobody has verified: none of the account's text in it.
+        name = "" if mail.kind in UNVERIFIED_KINDS else name
         title = subject(mail, name)
         context = {**mail.context, "name": name, "subject": title}
         message = EmailMessage()

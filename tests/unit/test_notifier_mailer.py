@@ -61,8 +61,9 @@ def test_every_kind_renders_a_text_and_an_html_part() -> None:
     for kind, context in contexts.items():
         out = render(kind, context)
         assert out["content-type"].startswith("multipart/alternative")
-        assert "Ada" in out["text/plain"]
-        assert "Ada" in out["text/html"]
+        # The welcome goes to an unverified address: no account text (tests/security).
+        assert ("Ada" in out["text/plain"]) is (kind != "welcome")
+        assert ("Ada" in out["text/html"]) is (kind != "welcome")
         assert out["x-taskbus-kind"] == kind
 
 
@@ -79,7 +80,8 @@ def test_user_text_is_escaped_in_html_and_left_alone_in_text() -> None:
 
 
 def test_headers_carry_recipient_sender_and_the_events_message_id() -> None:
-    out = render("welcome", {}, name="Ada\r\nBcc: evil@x.io")
+    context = {"reset_url": "https://x/r?token=t", "expires_at": "soon"}
+    out = render("password_reset", context, name="Ada\r\nBcc: evil@x.io")
     assert out["to"] == '"Ada Bcc: evil@x.io" <ada@example.com>'
     assert "bcc" not in out
     assert out["from"] == "Taskbus <noreply@taskbus.test>"
