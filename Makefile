@@ -42,7 +42,7 @@ format: install
 
 test: lint ## lint, then unit, integration and e2e tests against the real stack
 	$(PY) -m pytest tests/unit
-	$(STACK) with-infra -- $(PY) -m pytest tests/integration tests/e2e
+	$(STACK) with-infra -- $(PY) -m pytest tests/integration tests/e2e tests/security
 
 test-unit: install
 	$(PY) -m pytest tests/unit
