@@ -44,14 +44,17 @@ class UserRegistered(Payload):
 
 
 class PasswordResetRequested(Payload):
-    """Someone asked to reset this account's password; the notifier mails the link."""
+    """Someone asked to reset this account's password; the notifier mails the link.
 
-    event_type: ClassVar[str] = "user.password_reset_requested.v1"
+    v2: the token travels sealed for the notifier (common.sealing), never in plaintext (v1).
+    """
+
+    event_type: ClassVar[str] = "user.password_reset_requested.v2"
     topic: ClassVar[str] = USERS_TOPIC
     user_id: str
     email: EmailStr
     name: str
-    reset_token: str
+    sealed_token: str
     expires_at: AwareDatetime
 
 

@@ -12,6 +12,7 @@ import structlog
 
 from common.clock import utcnow
 from common.events import PasswordResetRequested
+from common.sealing import Sealer, reset_context
 from services.auth.deps import Deps
 from services.auth.domain import hash_secret, new_reset_token
 from services.auth.events import queued
@@ -49,8 +50,15 @@ async def _send_reset(deps: Deps, email: str) -> None:
         now = utcnow()
         token, token_hash = new_reset_token()
         expires = now + timedelta(seconds=deps.settings.reset_ttl_s)
+        # Sealed for the notifier: a Kafka record is kept for days, the plaintext never is.
+        sealer = Sealer(deps.settings.reset_seal_key.get_secret_value())
+        sealed = sealer.seal(token, reset_context(user.id, user.email, expires))
         payload = PasswordResetRequested(
-            user_id=user.id, email=user.email, name=user.name, reset_token=token, expires_at=expires
+            user_id=user.id,
+            email=user.email,
+            name=user.name,
+            sealed_token=sealed,
+            expires_at=expires,
         )
         event = queued(payload, user.id)
         await deps.users.set_reset(user.id, token_hash, expires, now, event)

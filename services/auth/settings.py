@@ -5,6 +5,7 @@ from typing import Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from common.sealing import DEV_RESET_SEAL_KEY, check_seal_key
 from common.settings import ServiceSettings
 
 # OWASP Password Storage Cheat Sheet, argon2id second option: m=19 MiB, t=2, p=1. Never weaker.
@@ -50,9 +51,13 @@ class AuthSettings(ServiceSettings):
     reset_mails_per_address_hour: int = Field(default=3, ge=1)
     max_body_bytes: int = Field(default=16 * 1024, ge=1024)
     relay_poll_s: float = Field(default=1.0, gt=0)
+    # Seals the reset token in its event for the notifier (common/sealing.py); shared with the
+    # notifier through TASKBUS_RESET_SEAL_KEY.
+    reset_seal_key: SecretStr = SecretStr(DEV_RESET_SEAL_KEY)
 
     @model_validator(mode="after")
     def _production_needs_real_keys(self) -> Self:
         if self.is_production and self.signing_keys is None:
             raise ValueError("AUTH_SIGNING_KEYS must be set in production")
+        check_seal_key(self.reset_seal_key.get_secret_value(), self.is_production)
         return self

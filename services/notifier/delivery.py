@@ -32,11 +32,13 @@ from pymongo.errors import PyMongoError
 
 from common.clock import utcnow
 from common.events import Envelope
+from common.sealing import Sealer
 from services.notifier.domain import (
     MAIL_CONSUMER,
     UNCAPPED,
     Mail,
     PermanentError,
+    ResetLinks,
     TransientError,
     allowed_by,
     plan,
@@ -75,10 +77,13 @@ class Deliverer:
         self._metrics = metrics
         # Identifies this process's claims, so a release never frees another sender's claim.
         self._owner = f"{settings.service_name}-{uuid.uuid4().hex[:12]}"
+        self._links = ResetLinks(
+            settings.reset_url_template, Sealer(settings.reset_seal_key.get_secret_value())
+        )
 
     async def deliver(self, envelope: Envelope) -> Outcome:
         """Handle one event; raises TransientError / PermanentError / PoisonMessageError."""
-        mail = plan(envelope, self._settings.reset_url_template)
+        mail = plan(envelope, self._links)
         if mail is None:
             self._metrics.skipped.labels("not_notifying").inc()
             return Outcome.IGNORED

@@ -18,6 +18,7 @@ from common.events import (
     TaskDueSoon,
     UserRegistered,
 )
+from common.sealing import Sealer, SealError, reset_context
 
 Kind = Literal["welcome", "password_reset", "reminder"]
 # The logical consumer recorded with every event id: one event yields at most one mail.
@@ -79,7 +80,24 @@ NOTIFYING_TYPES = frozenset(
 )
 
 
-def plan(envelope: Envelope, reset_url_template: str) -> Mail | None:
+@dataclass(frozen=True)
+class ResetLinks:
+    """How a reset link is made: the URL template, and the key the token is sealed with."""
+
+    template: str
+    sealer: Sealer
+
+    def url(self, payload: PasswordResetRequested) -> str:
+        """The link with the unsealed token; PoisonMessageError if it cannot be unsealed."""
+        context = reset_context(payload.user_id, payload.email, payload.expires_at)
+        try:
+            token = self.sealer.open(payload.sealed_token, context)
+        except SealError as exc:
+            raise PoisonMessageError("reset token sealed with another key or context") from exc
+        return reset_link(self.template, token)
+
+
+def plan(envelope: Envelope, links: ResetLinks) -> Mail | None:
     """The mail this event calls for, or None when it calls for none."""
     if envelope.type not in PAYLOAD_TYPES:
         # Not a type this build knows (a new version, a typo): parked on the DLQ to be replayed
@@ -103,7 +121,7 @@ def plan(envelope: Envelope, reset_url_template: str) -> Mail | None:
     if isinstance(payload, PasswordResetRequested):
         context = {
             "name": payload.name,
-            "reset_url": reset_link(reset_url_template, payload.reset_token),
+            "reset_url": links.url(payload),
             "expires_at": _format_time(payload.expires_at),
         }
         return Mail(

@@ -272,7 +272,7 @@ def _source(
     broker: KafkaBroker, settings: NotifierSettings, pipeline: Pipeline, topic: str, group: str
 ) -> DefaultSubscriber:
     description = (
-        "user.registered.v1 -> welcome, user.password_reset_requested.v1 -> reset link, "
+        "user.registered.v1 -> welcome, user.password_reset_requested.v2 -> reset link, "
         "task.due_soon.v1 -> reminder; every other known type is committed and passed over, "
         "an unknown type or an undecodable record goes to the DLQ."
     )

@@ -6,6 +6,7 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from common.sealing import DEV_RESET_SEAL_KEY, check_seal_key
 from common.settings import ServiceSettings
 
 DEV_RESET_URL = "http://127.0.0.1:8000/reset-password?token={token}"
@@ -38,6 +39,9 @@ class NotifierSettings(ServiceSettings):
     mail_from: str = DEV_MAIL_FROM
     # `{token}` is replaced by the URL-encoded reset token.
     reset_url_template: str = DEV_RESET_URL
+    # Opens the reset token sealed in its event by auth (common/sealing.py); shared with auth
+    # through TASKBUS_RESET_SEAL_KEY.
+    reset_seal_key: SecretStr = SecretStr(DEV_RESET_SEAL_KEY)
 
     # Retry ladder: attempt n+1 waits base * factor**n (+/- jitter) in tier topic n.
     retry_tiers: int = Field(default=4, ge=1, le=8)
@@ -72,4 +76,5 @@ class NotifierSettings(ServiceSettings):
                 raise ValueError("production needs NOTIFIER_MAIL_FROM")
             if self.smtp_security == "none" and not _is_loopback(self.smtp_host):
                 raise ValueError("production refuses plain SMTP to a non-local relay")
+            check_seal_key(self.reset_seal_key.get_secret_value(), production=True)
         return self

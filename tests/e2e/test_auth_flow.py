@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from pymongo import AsyncMongoClient, MongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from common.events import USERS_TOPIC, Envelope
+from common.events import USERS_TOPIC, Envelope, PasswordResetRequested
+from common.sealing import DEV_RESET_SEAL_KEY, Sealer, reset_context
 from common.tokens import ACCESS_TOKEN_TYPE, JwksCache, TokenVerifier
 from services.auth.keys import SigningKey, generate_key
 from tests.support.auth import (
@@ -508,11 +509,16 @@ async def test_password_reset_by_mail_token_single_use(
     assert known.content == unknown.content
 
     events = await _user_events(
-        user_id, lambda evs: any(e.type == "user.password_reset_requested.v1" for e in evs)
+        user_id, lambda evs: any(e.type == PasswordResetRequested.event_type for e in evs)
     )
-    request = next(e for e in events if e.type == "user.password_reset_requested.v1").data
-    assert request["email"] == email
-    token = request["reset_token"]
+    request = PasswordResetRequested.model_validate(
+        next(e for e in events if e.type == PasswordResetRequested.event_type).data
+    )
+    assert request.email == email
+    # The token travels sealed (issue 12 item 11); the notifier's key opens it.
+    context = reset_context(request.user_id, request.email, request.expires_at)
+    token = Sealer(DEV_RESET_SEAL_KEY).open(request.sealed_token, context)
+    assert token not in request.model_dump_json()
 
     confirm = "/api/auth/password-reset/confirm"
     _assert_unauthorized(

@@ -17,7 +17,6 @@ from common.events import (
     TASKS_TOPIC,
     USERS_TOPIC,
     Envelope,
-    PasswordResetRequested,
     SessionsRevoked,
     TaskCompleted,
     TaskDueSoon,
@@ -37,6 +36,7 @@ from tests.support.infra import KAFKA_BOOTSTRAP, MONGO_URL, SMTP_PORT
 from tests.support.kafka import Record, read_records
 from tests.support.mail import MailBox
 from tests.support.metrics import metric_sum
+from tests.support.resets import reset_requested
 from tests.support.tokens import SigningKey
 from tests.support.waiting import eventually
 
@@ -165,13 +165,8 @@ async def test_reset_request_mails_a_link_built_from_the_template(
     settings: NotifierSettings, producer: KafkaBroker, prefix: str
 ) -> None:
     email = f"{prefix}@example.com"
-    payload = PasswordResetRequested(
-        user_id="u-reset",
-        email=email,
-        name="Bo",
-        reset_token="tok/en+1",
-        expires_at=datetime.now(UTC) + timedelta(minutes=30),
-    )
+    expires = datetime.now(UTC) + timedelta(minutes=30)
+    payload = reset_requested("tok/en+1", expires, user_id="u-reset", email=email, name="Bo")
     await publish(producer, settings, USERS_TOPIC, new_event(payload, source="auth", subject="u"))
 
     [mail] = await MAIL.wait(email)

@@ -183,7 +183,10 @@ def test_duplicate_kids_are_refused() -> None:
 def test_production_refuses_to_start_without_signing_keys() -> None:
     with pytest.raises(ValidationError, match="AUTH_SIGNING_KEYS"):
         AuthSettings(environment="production")
-    AuthSettings(environment="production", signing_keys=SecretStr(signing_keys_env(generate_key())))
+    keys = SecretStr(signing_keys_env(generate_key()))
+    with pytest.raises(ValidationError, match="TASKBUS_RESET_SEAL_KEY"):
+        AuthSettings(environment="production", signing_keys=keys)
+    AuthSettings(environment="production", signing_keys=keys, reset_seal_key=SecretStr("r" * 40))
 
 
 def test_argon2_parameters_below_owasp_are_refused() -> None:

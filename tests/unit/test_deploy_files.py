@@ -92,6 +92,7 @@ def _k8s_env(*, with_secrets: bool) -> dict[str, str]:
         filled = {
             "AUTH_SIGNING_KEYS": signing_keys_env(generate_key("k8s")),
             "TASKS_CURSOR_SECRET": "c" * 40,
+            "TASKBUS_RESET_SEAL_KEY": "r" * 40,
         }
         env |= {k: filled.get(k, "secret-value") for k in docs["secret"]["stringData"]}
     return env

@@ -142,13 +142,16 @@ def test_settings_refuse_dev_defaults_in_production() -> None:
             mail_from="Taskbus <no-reply@app.io>",
             smtp_host="relay.example",
         )
-    ok = NotifierSettings(
-        environment="production",
-        reset_url_template="https://app.io/r?t={token}",
-        mail_from="Taskbus <no-reply@app.io>",
-        smtp_host="relay.example",
-        smtp_security="starttls",
-    )
+    fine = {
+        "environment": "production",
+        "reset_url_template": "https://app.io/r?t={token}",
+        "mail_from": "Taskbus <no-reply@app.io>",
+        "smtp_host": "relay.example",
+        "smtp_security": "starttls",
+    }
+    with pytest.raises(ValidationError, match="TASKBUS_RESET_SEAL_KEY"):
+        NotifierSettings.model_validate(fine)
+    ok = NotifierSettings.model_validate({**fine, "reset_seal_key": "r" * 40})
     assert ok.is_production
 
 

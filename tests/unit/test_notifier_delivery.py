@@ -13,7 +13,6 @@ from faststream.kafka import KafkaBroker
 from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
 from common.events import (
-    PasswordResetRequested,
     TaskDueSoon,
     TaskSnapshot,
     UserRegistered,
@@ -26,6 +25,7 @@ from services.notifier.mailer import Accepted, Mailer
 from services.notifier.metrics import Metrics
 from services.notifier.settings import NotifierSettings
 from services.notifier.storage import Claim, Store
+from tests.support.resets import reset_requested
 from tests.support.waiting import eventually
 
 SETTINGS = NotifierSettings(environment="test", retry_tiers=2, rate_limit_count=2)
@@ -335,13 +335,7 @@ async def test_an_infrastructure_error_escapes_so_the_record_is_read_again() -> 
 
 async def test_a_reset_link_that_expired_while_retrying_is_not_sent() -> None:
     deliverer, store, mailer = make()
-    payload = PasswordResetRequested(
-        user_id="u1",
-        email="u1@x.io",
-        name="Ada",
-        reset_token="t",
-        expires_at=datetime.now(UTC) - timedelta(seconds=1),
-    )
+    payload = reset_requested("t", datetime.now(UTC) - timedelta(seconds=1), email="u1@x.io")
 
     outcome = await deliverer.deliver(new_event(payload, source="auth", subject="u1"))
 

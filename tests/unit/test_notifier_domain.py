@@ -7,7 +7,6 @@ import pytest
 
 from common.events import (
     Envelope,
-    PasswordResetRequested,
     SessionsRevoked,
     TaskCreated,
     TaskDueSoon,
@@ -16,10 +15,12 @@ from common.events import (
     UserRegistered,
     new_event,
 )
+from common.sealing import DEV_RESET_SEAL_KEY, Sealer
 from services.notifier.domain import (
     Mail,
     PoisonMessageError,
     Preferences,
+    ResetLinks,
     allowed_by,
     backoff_s,
     decode,
@@ -29,8 +30,10 @@ from services.notifier.domain import (
     subject,
     window_start,
 )
+from tests.support.resets import reset_requested
 
-TEMPLATE = "https://app.test/reset?token={token}"
+URL_TEMPLATE = "https://app.test/reset?token={token}"
+TEMPLATE = ResetLinks(URL_TEMPLATE, Sealer(DEV_RESET_SEAL_KEY))
 NOW = datetime.now(UTC)
 
 
@@ -57,13 +60,12 @@ def test_registration_plans_a_welcome_to_the_new_address() -> None:
 
 
 def test_reset_request_plans_a_link_with_the_encoded_token() -> None:
-    payload = PasswordResetRequested(
-        user_id="u1", email="a@x.io", name="Ada", reset_token="a/b+c", expires_at=NOW
-    )
+    payload = reset_requested("a/b+c", NOW)
     mail = plan(new_event(payload, source="a", subject="u1"), TEMPLATE)
 
     assert mail is not None
     assert mail.kind == "password_reset"
+    assert mail.context["reset_url"] == "https://app.test/reset?token=a%2Fb%2Bc"
     assert mail.context["reset_url"] == "https://app.test/reset?token=a%2Fb%2Bc"
 
 
@@ -147,17 +149,22 @@ def test_rate_window_is_fixed() -> None:
 
 
 def test_reset_link_token_cannot_break_out_of_the_query() -> None:
-    assert reset_link(TEMPLATE, "x&admin=1#y") == "https://app.test/reset?token=x%26admin%3D1%23y"
+    assert (
+        reset_link(URL_TEMPLATE, "x&admin=1#y") == "https://app.test/reset?token=x%26admin%3D1%23y"
+    )
 
 
 def test_expiry_is_rendered_in_utc() -> None:
-    payload = PasswordResetRequested(
-        user_id="u1",
-        email="a@x.io",
-        name="A",
-        reset_token="t",
-        expires_at=datetime(2030, 1, 2, 3, 4, tzinfo=UTC) + timedelta(0),
-    )
+    payload = reset_requested("t", datetime(2030, 1, 2, 3, 4, tzinfo=UTC) + timedelta(0))
     mail = plan(new_event(payload, source="a", subject="u1"), TEMPLATE)
     assert mail is not None
     assert mail.context["expires_at"] == "2030-01-02 03:04 UTC"
+
+
+def test_a_reset_token_sealed_with_another_key_or_for_another_account_is_poison() -> None:
+    other_key = reset_requested("t", NOW, key="another key, another deployment, 32+ chars")
+    with pytest.raises(PoisonMessageError, match="sealed"):
+        plan(new_event(other_key, source="a", subject="u1"), TEMPLATE)
+    moved = reset_requested("t", NOW).model_copy(update={"email": "mallory@x.io"})
+    with pytest.raises(PoisonMessageError, match="sealed"):
+        plan(new_event(moved, source="a", subject="u1"), TEMPLATE)
