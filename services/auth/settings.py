@@ -7,6 +7,7 @@ from pydantic_settings import SettingsConfigDict
 
 from common.sealing import DEV_RESET_SEAL_KEY, check_seal_key
 from common.settings import ServiceSettings
+from common.tokens import MAX_ACCESS_TTL_S
 
 # OWASP Password Storage Cheat Sheet, argon2id second option: m=19 MiB, t=2, p=1. Never weaker.
 ARGON2_MIN_MEMORY_KIB = 19456
@@ -25,7 +26,8 @@ class AuthSettings(ServiceSettings):
     # still published in the JWKS (until retire_after) so tokens they signed keep verifying.
     # Unset outside production: a development key is generated once and shared through Mongo.
     signing_keys: SecretStr | None = None
-    access_ttl_s: int = Field(default=900, ge=60, le=3600)
+    # Capped by MAX_ACCESS_TTL_S: how long tasks and notifier remember a revocation.
+    access_ttl_s: int = Field(default=900, ge=60, le=MAX_ACCESS_TTL_S)
     refresh_ttl_s: int = Field(default=30 * 24 * 3600, ge=3600)
     # Only the immediately previous refresh token is accepted again, and only this long.
     refresh_grace_s: int = Field(default=10, ge=0, le=60)
