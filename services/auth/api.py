@@ -77,7 +77,21 @@ def _field(name: str, msg: str = "") -> dict[str, Any]:
     return {"errors": [{"loc": ["body", name], "msg": msg or "conflict", "type": "value_error"}]}
 
 
-@router.post("/login")
+def _problems(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for problem+json answers, by status."""
+    problem: dict[str, Any] = {"application/problem+json": {}}
+    return {status: {"description": text, "content": problem} for status, text in described.items()}
+
+
+@router.post(
+    "/login",
+    responses=_problems(
+        {
+            401: "wrong email or password (the same answer for an unknown account)",
+            429: "this address backs off on this account, or everywhere (Retry-After <= 300 s)",
+        }
+    ),
+)
 async def login(body: LoginIn, request: Request, response: Response, deps: DepsDep) -> AuthOut:
     """Exchange email and password for a token pair."""
     email = normalize_email(body.email)
@@ -267,7 +281,16 @@ def _policy(password: str, email: str, field: str) -> None:
         ) from None
 
 
-@router.post("/password-reset", status_code=202)
+@router.post(
+    "/password-reset",
+    status_code=202,
+    responses=_problems(
+        {
+            429: "this address asked for too many resets this hour (Retry-After)",
+            503: "too many reset requests in flight (Retry-After)",
+        }
+    ),
+)
 async def request_reset(body: ResetIn, request: Request, deps: DepsDep) -> Accepted:
     """Mail a reset link if the account exists; neither the answer nor its timing says whether.
 
