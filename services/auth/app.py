@@ -21,6 +21,7 @@ from services.auth.domain import Passwords
 from services.auth.events import outbox_relay
 from services.auth.keys import KeyRing, generate_key, load_key, parse_key_ring
 from services.auth.keys_store import MongoDevKeys
+from services.auth.reset_requests import wait_pending
 from services.auth.sessions_store import MongoSessions
 from services.auth.settings import AuthSettings
 from services.auth.stores import DevKeyStore
@@ -90,6 +91,8 @@ def create_app(settings: AuthSettings) -> FastAPI:
             checks["mongo"] = lambda: ping_mongo(mongo)
             checks["redis"] = lambda: ping_redis(redis)
             stack.push_async_callback(_cancel, asyncio.create_task(relay.run()))
+            # Runs first on shutdown: reset requests already answered 202 finish their write.
+            stack.push_async_callback(wait_pending)
             yield
 
     app = FastAPI(title="Taskbus auth", lifespan=lifespan)
