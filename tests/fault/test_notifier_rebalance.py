@@ -39,10 +39,18 @@ async def test_a_notifier_joining_then_one_leaving_mid_stream_loses_and_repeats_
         try:
             await asyncio.to_thread(first.wait_ready, 90)
 
+            joined, left = asyncio.Event(), asyncio.Event()
+
             async def stream() -> None:
-                for event in events:
-                    await publish(broker, settings, USERS_TOPIC, event)
-                    await asyncio.sleep(0.08)  # pacing: a stream, not a burst
+                # A third of the events before each membership change is over, so events are
+                # arriving while the group rebalances however long a process takes to start.
+                thirds = [events[:50], events[50:100], events[100:]]
+                for gate, part in zip([None, joined, left], thirds, strict=True):
+                    if gate is not None:
+                        await gate.wait()
+                    for event in part:
+                        await publish(broker, settings, USERS_TOPIC, event)
+                        await asyncio.sleep(0.08)  # pacing: a stream, not a burst
 
             publishing = asyncio.create_task(stream())
             await eventually(lambda: len(relay.copies(prefix)) >= 10, 60, "10 mails")
@@ -58,10 +66,12 @@ async def test_a_notifier_joining_then_one_leaving_mid_stream_loses_and_repeats_
 
             await eventually(both_own, 60, "the group to rebalance onto both notifiers")
             joined_at = len(relay.copies(prefix))
+            joined.set()
             sent_by_first = await _metric(first, "taskbus_notifier_emails_sent_total")
-            assert not publishing.done(), "the stream ended before the rebalance"
+            await eventually(lambda: len(relay.copies(prefix)) >= joined_at + 10, 60, "10 more")
             await asyncio.to_thread(first.stop)  # leaves the group: a second rebalance
             left_at = len(relay.copies(prefix))
+            left.set()
             await publishing
 
             async def done() -> bool:
