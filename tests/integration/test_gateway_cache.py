@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ import structlog
 import structlog.testing
 from faststream.kafka import KafkaBroker
 
-from common.events import TASKS_TOPIC, TaskSnapshot, TaskUpdated
+from common.events import TASKS_TOPIC, USERS_TOPIC, SessionsRevoked, TaskSnapshot, TaskUpdated
 from common.events import new_event as envelope
 from common.kafka import make_broker, publish
 from gateway.settings import GatewaySettings
@@ -180,6 +181,31 @@ async def test_revoking_all_sessions_refuses_tokens_issued_before(stack: Stack) 
     token, _ = stack.key.mint(who, session_id="s-new", now=time.time() + 2)
     fresh = await stack.client.get("/api/tasks", headers={"Authorization": f"Bearer {token}"})
     assert fresh.status_code == 200
+
+
+async def test_a_cut_off_refuses_sessions_begun_before_it_to_the_ms_not_by_iat(
+    stack: Stack,
+) -> None:
+    """Issue 12 item 1 at the edge: both tokens are issued in the cut-off's second."""
+    who = user()
+    now = datetime.now(UTC)
+    cut = now.replace(microsecond=now.microsecond // 1000 * 1000)  # whole ms, as auth sends it
+    old_token, _ = stack.key.mint(
+        who, "s-old", now=cut.timestamp(), session_started=cut - timedelta(milliseconds=1)
+    )
+    new_token, _ = stack.key.mint(who, "s-new", now=cut.timestamp(), session_started=cut)
+    revoked = SessionsRevoked(user_id=who, revoked_before=cut, reason="logout_all")
+    await publish(
+        stack.broker, stack.settings, USERS_TOPIC, envelope(revoked, source="a", subject=who)
+    )
+
+    async def refused() -> bool:
+        old = {"Authorization": f"Bearer {old_token}"}
+        return (await stack.client.get("/api/tasks", headers=old)).status_code == 401
+
+    await eventually(refused, what="the session begun 1 ms before the cut-off refused")
+    new = {"Authorization": f"Bearer {new_token}"}
+    assert (await stack.client.get("/api/tasks", headers=new)).status_code == 200
 
 
 async def test_a_new_gateway_process_knows_earlier_revocations(stack: Stack) -> None:

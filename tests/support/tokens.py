@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -35,9 +36,14 @@ class SigningKey:
         return {"keys": [self.jwk()]}
 
     def mint(
-        self, subject: str, session_id: str = "sess-1", ttl_s: int = 900, now: float | None = None
+        self,
+        subject: str,
+        session_id: str = "sess-1",
+        ttl_s: int = 900,
+        now: float | None = None,
+        session_started: datetime | None = None,
     ) -> tuple[str, AccessClaims]:
-        """A signed access token for `subject`."""
+        """A signed access token for `subject` (of a session begun now unless told)."""
         return sign_access_token(
             self.private_key,
             self.kid,
@@ -47,6 +53,7 @@ class SigningKey:
             session_id=session_id,
             ttl_s=ttl_s,
             now=now,
+            session_started=session_started,
         )
 
     def verifier(self) -> TokenVerifier:
