@@ -6,7 +6,7 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 
-from common.outbox import OutboxSource
+from common.outbox import OutboxSource, each
 from services.auth.process_locks import ProcessLocks
 
 Doc = dict[str, Any]
@@ -38,4 +38,4 @@ class LockedCollection:
 
     def outbox_source(self) -> OutboxSource:
         """This collection for the outbox relay, whose removals take the same locks."""
-        return OutboxSource(self.collection, guard=self.guard)
+        return OutboxSource(self.collection, guard=each(self.guard))

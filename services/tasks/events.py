@@ -4,7 +4,8 @@ The tasks service consumes nothing; every event it emits leaves through a task's
 (common.outbox): the write that changes a task carries its event in the same document.
 """
 
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -46,9 +47,12 @@ def outbox_relay(
 ) -> OutboxRelay:
     """The relay of the tasks' outboxes; its leases live with the write locks (one sweep)."""
 
-    def guard(task_id: str) -> AbstractAsyncContextManager[bool]:
+    @asynccontextmanager
+    async def guard(task_ids: Sequence[str]) -> AsyncIterator[set[str]]:
         # FerretDB rewrites the whole document on an update: removal waits for the writers.
-        return locks.hold(write_key(task_id), wait_s=settings.lock_wait_s)
+        keys = {write_key(task_id): task_id for task_id in task_ids}
+        async with locks.hold_many(list(keys), wait_s=settings.lock_wait_s) as held:
+            yield {keys[key] for key in held}
 
     # A deleted task stays as a tombstone holding task.deleted.v1 until that is published.
     source = OutboxSource(tasks, guard=guard, tombstone={"deleted": True})

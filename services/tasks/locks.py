@@ -9,19 +9,20 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import structlog
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from common.clock import Clock, utcnow
 
 log = structlog.get_logger(__name__)
 Doc = dict[str, Any]
+_DUPLICATE_KEY = 11000
 
 
 def write_key(task_id: str) -> str:
@@ -117,6 +118,44 @@ class DocLocks:
         finally:
             local.release()
             self._forget(key)
+
+    @asynccontextmanager
+    async def hold_many(
+        self, keys: Sequence[str], *, ttl_s: float = 10.0, wait_s: float = 5.0
+    ) -> AsyncIterator[set[str]]:
+        """Hold as many of `keys` as can be had within `wait_s` (yields those held).
+
+        One `insert_many` takes every free key and one `delete_many` releases them: a batch costs
+        two writes, not two per key. Keys taken by someone else are waited for one by one. The
+        in-process queue of `hold` is bypassed: the lock document alone decides.
+        """
+        if not self.enabled:
+            yield set(keys)
+            return
+        token, deadline = uuid.uuid4().hex, time.monotonic() + wait_s
+        held = await self._try_many(keys, token, ttl_s)
+        busy = [key for key in keys if key not in held]
+        if busy:
+            got = await asyncio.gather(*(self._in_db(k, token, ttl_s, deadline) for k in busy))
+            held |= {key for key, ok in zip(busy, got, strict=True) if ok}
+        try:
+            yield held
+        finally:
+            if held:
+                await self._coll.delete_many({"_id": {"$in": sorted(held)}, "holder": token})
+
+    async def _try_many(self, keys: Sequence[str], token: str, ttl_s: float) -> set[str]:
+        expires = self._clock() + timedelta(seconds=ttl_s)
+        locks = [{"_id": key, "holder": token, "expires_at": expires} for key in keys]
+        try:
+            await self._coll.insert_many(locks, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(error.get("code") != _DUPLICATE_KEY for error in errors):
+                raise
+            taken = {error["index"] for error in errors}
+            return {key for n, key in enumerate(keys) if n not in taken}
+        return set(keys)
 
     async def sweep(self, limit: int = 100) -> int:
         """Delete up to `limit` expired locks that nobody took over; how many went."""

@@ -3,7 +3,7 @@
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,10 +14,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from common.events import USERS_TOPIC, Envelope, UserRegistered, new_event
 from common.infra import open_broker, open_mongo
 from common.kafka import publish
+from common.leases import Leases
 from common.outbox import (
     OUTBOX,
     PENDING,
-    Leases,
     OutboxEntry,
     OutboxRelay,
     OutboxSource,
@@ -156,7 +156,7 @@ async def test_a_lease_holds_off_other_relays_until_it_expires(db: AsyncDatabase
     clock = Clock()
     # A relay that took the lease and died: its lease is all that is left of it.
     crashed = Leases(db["outbox_leases"], clock, timedelta(seconds=30))
-    assert await crashed.take("users", "u1") is not None
+    assert (await crashed.take("users", ["u1"]))[1] == ["u1"]
     publisher = Recorder()
     relay = _relay(db, publisher, clock, lease_s=30)
 
@@ -262,8 +262,8 @@ async def test_without_the_writers_guard_published_entries_stay(db: AsyncDatabas
     ids = await _doc_with(db["users"], "u1", 1)
 
     @contextlib.asynccontextmanager
-    async def busy(_: str) -> AsyncIterator[bool]:
-        yield False
+    async def busy(_: Sequence[str]) -> AsyncIterator[set[str]]:
+        yield set()
 
     relay = OutboxRelay(
         [OutboxSource(db["users"], guard=busy)], Recorder(), db["outbox_leases"], service="test"
