@@ -1,10 +1,11 @@
 """Outbox relay throughput against the tasks service's write rate in one run -> docs/bench-relay.md.
 
 Run: `uv run --frozen --no-sync python -m bench.bench_relay` (under a minute; needs the local
-stack's Kafka and FerretDB). One tasks process with its production relay settings; WRITERS httpx
-clients POST creates for SECONDS; every create queues one task.created.v1. The relay's rate is the
-events counted by `taskbus_tasks_outbox_published_total` over the time from the first write until
-all of them were published (the backlog is 0), so a relay that lags behind the writes pays for it.
+stack's Kafka and FerretDB). One tasks process per linger in LINGERS, otherwise production
+settings; WRITERS httpx clients POST creates for SECONDS; every create queues one
+task.created.v1. The relay's rate is the events counted by `taskbus_tasks_outbox_published_total`
+over the time from the first write until all of them were published (the backlog is 0), so a
+relay that lags behind the writes pays for it.
 """
 
 import asyncio
@@ -27,6 +28,7 @@ WRITERS = 8
 SECONDS = 15.0
 DRAIN_LIMIT_S = 300.0
 METRIC = "taskbus_tasks_outbox_published_total"
+LINGERS = ("0", "0.05")  # without, and the production default (TASKS_RELAY_LINGER_S)
 
 
 async def _published(api: httpx.AsyncClient) -> int:
@@ -48,11 +50,13 @@ async def _write(api: httpx.AsyncClient, until: float) -> tuple[int, int]:
     return accepted, refused
 
 
-async def _measure() -> dict[str, float]:
+async def _measure(linger_s: str) -> dict[str, float]:
     key = SigningKey.generate()
     prefix = f"benchrelay{uuid.uuid4().hex[:8]}"
     # The production poll interval, not the tests' 0.2 s: writes wake the relay by themselves.
-    proc = tasks_process(prefix, key, TASKS_RELAY_INTERVAL_S="1.0").start()
+    proc = tasks_process(
+        prefix, key, TASKS_RELAY_INTERVAL_S="1.0", TASKS_RELAY_LINGER_S=linger_s
+    ).start()
     try:
         await asyncio.to_thread(proc.wait_ready)
         token, _ = key.mint("bench-user")
@@ -96,9 +100,9 @@ def _report(label: str, row: dict[str, float]) -> str:
 
 
 async def main() -> None:
-    """Measure once and print the table row (pass a label as argv[1])."""
-    label = sys.argv[1] if len(sys.argv) > 1 else "now"
-    row = await _measure()
+    """Measure the relay without and with its linger, one after the other; print the rows."""
+    label = sys.argv[1] if len(sys.argv) > 1 else "batched"
+    rows = [(f"{label}, linger {linger} s", await _measure(linger)) for linger in LINGERS]
     print(
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
         f"load average {os.getloadavg()[0]:.1f}, {SECONDS:.0f} s of writes"
@@ -108,7 +112,8 @@ async def main() -> None:
         "| published until backlog 0 | events/s | events/s ÷ creates/s |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    print(_report(label, row))
+    for name, row in rows:
+        print(_report(name, row))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from common.events import Payload, RevokeReason, SessionsRevoked, new_event
 from common.kafka import publish
-from common.outbox import Doc, OutboxEntry, OutboxRelay, entry
+from common.outbox import Doc, OutboxEntry, entry
+from common.relay import OutboxRelay
 from common.telemetry import current_traceparent
 from services.auth.sessions_store import MongoSessions
 from services.auth.settings import AuthSettings

@@ -15,7 +15,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from common.events import TASKS_TOPIC, Envelope, Payload, new_event
 from common.kafka import publish
-from common.outbox import OutboxEntry, OutboxRelay, OutboxSource, entry
+from common.outbox import OutboxEntry, OutboxSource, entry
+from common.relay import OutboxRelay
 from common.telemetry import current_traceparent
 from services.tasks.locks import DocLocks, write_key
 from services.tasks.settings import TasksSettings
@@ -63,6 +64,7 @@ def outbox_relay(
         service="tasks",
         interval_s=settings.relay_interval_s,
         batch=settings.relay_batch,
+        linger_s=settings.relay_linger_s,
         lease_s=settings.relay_lease_s,
         backlog_every_s=settings.backlog_refresh_s,
     )

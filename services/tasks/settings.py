@@ -31,6 +31,8 @@ class TasksSettings(ServiceSettings):
     reminders_enabled: bool = True
     relay_interval_s: float = Field(default=1.0, gt=0)
     relay_batch: int = Field(default=100, ge=1)
+    # How long a woken relay waits for more writes to join its batch (bench-relay measured it).
+    relay_linger_s: float = Field(default=0.05, ge=0, le=1)
     relay_lease_s: float = Field(default=30.0, gt=0)
     # Writes are refused (503) while more events than this wait in the outboxes, so consumers do
     # not fall ever further behind; the count is the relay's, refreshed every backlog_refresh_s.

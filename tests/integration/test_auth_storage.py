@@ -12,7 +12,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from common.events import USERS_TOPIC, UserRegistered, new_event
 from common.infra import MongoClient, open_broker, open_mongo, open_redis
-from common.outbox import PENDING, OutboxRelay
+from common.outbox import PENDING
+from common.relay import OutboxRelay
 from services.auth.domain import Session, User, new_id, new_refresh_token
 from services.auth.events import outbox_relay, queued
 from services.auth.keys_store import MongoDevKeys

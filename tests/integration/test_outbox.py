@@ -1,4 +1,4 @@
-"""common.outbox against the real FerretDB (and Kafka for the end-to-end publish)."""
+"""common.outbox and common.relay against the real FerretDB (and Kafka for the publish)."""
 
 import asyncio
 import contextlib
@@ -19,12 +19,12 @@ from common.outbox import (
     OUTBOX,
     PENDING,
     OutboxEntry,
-    OutboxRelay,
     OutboxSource,
     entry,
     push,
     with_entries,
 )
+from common.relay import OutboxRelay
 from common.settings import ServiceSettings
 from tests.support.infra import KAFKA_BOOTSTRAP, MONGO_URL
 from tests.support.kafka import collect_events
@@ -318,3 +318,27 @@ async def test_kafka_publish_delivers_the_envelope(
 
     events = await collect_events(settings.topic(USERS_TOPIC), lambda evs: len(evs) >= 2)
     assert [e.id for e in events] == ids
+
+
+async def test_a_relay_past_its_lease_never_clears_entries_written_after_another_published(
+    db: AsyncDatabase[Doc],
+) -> None:
+    await _doc_with(db["users"], "u1", 1)
+    late = _entry("u1")
+    publisher = Recorder()
+
+    async def overtaken(_: Envelope) -> None:
+        # While this relay publishes (its lease expired), another one published and cleared the
+        # entry, and a writer then queued a new one: the same size as read, a different entry.
+        publisher.before = None
+        await db["users"].update_one({"_id": "u1"}, {"$set": {OUTBOX: [late]}})
+
+    publisher.before = overtaken
+    relay = _relay(db, publisher)
+
+    assert await relay.drain() == 1
+
+    doc = await db["users"].find_one({"_id": "u1"})
+    assert doc is not None
+    assert doc[OUTBOX] == [late]
+    assert doc[PENDING] is True
