@@ -55,7 +55,7 @@ async def _measure(linger_s: str) -> dict[str, float]:
     prefix = f"benchrelay{uuid.uuid4().hex[:8]}"
     # The production poll interval, not the tests' 0.2 s: writes wake the relay by themselves.
     proc = tasks_process(
-        prefix, key, TASKS_RELAY_INTERVAL_S="1.0", TASKS_RELAY_LINGER_S=linger_s
+        prefix, key, TASKS_RELAY_INTERVAL_S="5.0", TASKS_RELAY_LINGER_S=linger_s
     ).start()
     try:
         await asyncio.to_thread(proc.wait_ready)

@@ -29,11 +29,15 @@ class TasksSettings(ServiceSettings):
     # Replicas may leave the relay or the reminder scan to others (e.g. a dedicated deployment).
     relay_enabled: bool = True
     reminders_enabled: bool = True
-    relay_interval_s: float = Field(default=1.0, gt=0)
+    # Writes wake the relay themselves; the poll only finds what a crashed replica left (its
+    # leases expire after relay_lease_s), so it need not rescan the collection every second.
+    relay_interval_s: float = Field(default=5.0, gt=0)
     relay_batch: int = Field(default=100, ge=1)
     # How long a woken relay waits for more writes to join its batch (bench-relay measured it).
     relay_linger_s: float = Field(default=0.05, ge=0, le=1)
-    relay_lease_s: float = Field(default=30.0, gt=0)
+    # A batch's lease only has to outlive one publish round; a relay that overruns it causes
+    # duplicates, never losses (common.relay), and a dead relay's documents wait this long.
+    relay_lease_s: float = Field(default=10.0, gt=0)
     # Writes are refused (503) while more events than this wait in the outboxes, so consumers do
     # not fall ever further behind; the count is the relay's, refreshed every backlog_refresh_s.
     backlog_max: int = Field(default=5000, ge=1)
