@@ -119,3 +119,39 @@ async def test_two_clients_never_share_a_stored_body() -> None:
         await bob.get_task("t1")
     assert sent_etags == [None, None]  # bob's first read is not a revalidation of alice's copy
     assert alice.cache.hits == bob.cache.hits == 0
+
+
+async def test_a_create_whose_answer_is_lost_is_retried_with_its_key_and_made_once() -> None:
+    created: dict[str, dict[str, str]] = {}  # by Idempotency-Key: what the service stored
+    answers = iter([504, 503, 201])
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        key = request.headers["idempotency-key"]
+        task = created.setdefault(key, {"id": f"t{len(created)}", "title": "x"})
+        # The first attempts did create the task; only their answers were lost at the edge.
+        status = next(answers)
+        if status != 201:
+            return httpx.Response(status, json={"status": status}, headers={"Retry-After": "0"})
+        return httpx.Response(201, json=task)
+
+    async with _client(httpx.MockTransport(handle), TokenPair("a1", "r1")) as client:
+        task = await client.create_task(title="x")
+
+    assert len(created) == 1
+    assert task == {"id": "t0", "title": "x"}
+
+
+async def test_a_create_refused_for_its_content_is_not_retried() -> None:
+    calls = 0
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(422, json={"status": 422, "detail": "title is required"})
+
+    async with _client(httpx.MockTransport(handle), TokenPair("a1", "r1")) as client:
+        with pytest.raises(ApiError) as raised:
+            await client.create_task()
+
+    assert raised.value.status == 422
+    assert calls == 1
