@@ -16,6 +16,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from common.events import TASKS_TOPIC
@@ -89,6 +90,10 @@ async def test_single_broker_sigkilled_under_writes_loses_no_acknowledged_event(
         node.kill()
         killed = time.monotonic()
         await asyncio.sleep(OUTAGE_S)  # the outage itself: the writers keep writing through it
+        # Issue 11 item 8: the service still answers its writes, so it stays in its Service.
+        async with httpx.AsyncClient(base_url=service.url, timeout=5) as probe:
+            ready = await probe.get("/readyz")
+        assert ready.status_code == 200, ready.text
         node.start()
         restarted = time.monotonic()
         await kafka.wait_brokers(1)
