@@ -31,8 +31,14 @@ GENERATION_TTL_S = 86_400
 def cache_key(
     user: str, generation: str, path: str, query: bytes, vary: Sequence[bytes | None]
 ) -> str:
-    """User + generation + GET + path + normalised query + the Vary'd request headers."""
-    pairs = sorted(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+    """User + generation + GET + path + normalised query + the Vary'd request headers.
+
+    The query is decoded as Starlette decodes it, then ordered by name only: the sort is stable,
+    so repeated parameters keep their order (the service reads the last one; `status=done&
+    status=todo` and `status=todo&status=done` are different answers and different keys).
+    """
+    decoded = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    pairs = sorted(decoded, key=lambda pair: pair[0])
     material = orjson.dumps([path, urlencode(pairs), [(v or b"").decode("latin-1") for v in vary]])
     return f"c:{user}:{generation}:{hashlib.blake2b(material, digest_size=16).hexdigest()}"
 
