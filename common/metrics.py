@@ -39,13 +39,20 @@ _UNCOUNTED = frozenset({"/livez", "/readyz", "/metrics"})
 class MetricsMiddleware:
     """Pure ASGI middleware (no per-request Starlette objects) recording rate, errors, duration."""
 
-    def __init__(self, app: ASGIApp, service: str) -> None:
+    def __init__(self, app: ASGIApp, service: str, serve_metrics: bool = True) -> None:
         self.app = app
         self.service = service
+        # False where /metrics has a listener of its own (the gateway: its port is public).
+        self.serve_metrics = serve_metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Time the request and label it with the matched route template, never the raw path."""
-        if scope["type"] == "http" and scope["path"] == "/metrics" and scope["method"] == "GET":
+        if (
+            self.serve_metrics
+            and scope["type"] == "http"
+            and scope["path"] == "/metrics"
+            and scope["method"] == "GET"
+        ):
             await _metrics_response(scope, receive, send)
             return
         if scope["type"] != "http" or scope["path"] in _UNCOUNTED:

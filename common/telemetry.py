@@ -134,13 +134,13 @@ def current_traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
-def instrument(app: ASGIApp, settings: ServiceSettings) -> ASGIApp:
+def instrument(app: ASGIApp, settings: ServiceSettings, serve_metrics: bool = True) -> ASGIApp:
     """Wrap an app with server spans and RED metrics, and trace its Mongo/Redis/HTTP clients."""
     app_root = app
     PymongoInstrumentor().instrument()
     RedisInstrumentor().instrument()
     AioHttpClientInstrumentor().instrument()
-    app = RequestIdMiddleware(MetricsMiddleware(app, settings.service_name))
+    app = RequestIdMiddleware(MetricsMiddleware(app, settings.service_name, serve_metrics))
     # FastAPI makes its own SERVER spans (native telemetry, on once a tracer provider is set);
     # a second one here would double every request. The gateway is plain Starlette.
     return app if isinstance(app_root, FastAPI) else ServerSpanMiddleware(app)

@@ -26,7 +26,7 @@ from gateway.cache import ResponseCache
 from gateway.docs import ApiDocs, doc_routes
 from gateway.events import subscribe
 from gateway.headers import EdgeHeaders, header_bytes
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, metrics_listener
 from gateway.pipeline import Pipeline
 from gateway.proxy import Upstreams, open_session
 from gateway.reply import problem, send_reply
@@ -44,7 +44,7 @@ class Parts:
 
 
 class Gateway:
-    """Routes the API straight to the pipeline; probes, docs and metrics go through Starlette."""
+    """Routes the API straight to the pipeline; probes and docs go through Starlette."""
 
     def __init__(self, parts: Parts, rest: Starlette, max_header_bytes: int) -> None:
         self._parts = parts
@@ -75,7 +75,7 @@ def gateway_stack(settings: GatewaySettings) -> ASGIApp:
     on), RED metrics, then the app; the Redis and aiohttp clients are traced, so each upstream
     call carries a `traceparent` of its own span.
     """
-    return instrument(create_app(settings), settings)
+    return instrument(create_app(settings), settings, serve_metrics=False)
 
 
 def create_app(settings: GatewaySettings) -> ASGIApp:
@@ -87,6 +87,8 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            metrics_host = settings.metrics_host or settings.host
+            await stack.enter_async_context(metrics_listener(metrics_host, settings.metrics_port))
             redis = await stack.enter_async_context(open_redis(settings))
             session = await stack.enter_async_context(open_session(settings.upstream_pool_size))
             broker = make_broker(settings)
@@ -117,7 +119,7 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
         )
 
     rest = Starlette(
-        routes=[*health_routes(lambda: checks), metrics.route(), *doc_routes(lambda: parts.docs)],
+        routes=[*health_routes(lambda: checks), *doc_routes(lambda: parts.docs)],
         lifespan=lifespan,
         exception_handlers={HTTPException: on_http_error},
     )

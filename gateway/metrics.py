@@ -1,16 +1,19 @@
-"""Gateway-specific Prometheus metrics, in the process-wide registry that `GET /metrics` serves.
+"""Gateway-specific Prometheus metrics, and the listener of its own that serves `GET /metrics`.
+
+The gateway's port is public, so /metrics is not on it (404 there): it is served on
+GATEWAY_METRICS_PORT, which only the scraper reaches (issue 12 item 7).
 
 Requests by route and status come from common.metrics.MetricsMiddleware (taskbus_http_*): the
 pipeline puts its route template in `scope["route"]` for it. The names below are the ones the
 Grafana dashboard (deploy/observability) reads.
 """
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from prometheus_client import REGISTRY, Counter, start_http_server
 
 CACHE_RESULTS = Counter(
     "taskbus_gateway_cache_total", "Response cache results (hit, miss, bypass).", ["result"]
@@ -45,10 +48,15 @@ class Metrics:
         for policy in policies or ["none"]:
             LIMITER_DECISIONS.labels(policy, decision).inc()
 
-    def route(self) -> Route:
-        """GET /metrics (in production MetricsMiddleware answers it first, same registry)."""
 
-        async def metrics(_: Request) -> Response:
-            return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
-        return Route("/metrics", metrics, methods=["GET"])
+@asynccontextmanager
+async def metrics_listener(host: str, port: int) -> AsyncIterator[None]:
+    """Serve the process-wide registry on `host:port` (a thread of its own) while open."""
+    # prometheus_client's own server: a scrape never queues behind API traffic on the loop.
+    server, thread = start_http_server(port, host, REGISTRY)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(server.shutdown)
+        server.server_close()
+        thread.join()

@@ -43,6 +43,10 @@ class GatewaySettings(ServiceSettings):
 
     service_name: str = "gateway"
     port: int = 8000
+    # /metrics is served here only, never on the public port; bind it where only the scraper
+    # reaches (None: the public listener's host).
+    metrics_port: int = 9102
+    metrics_host: str | None = None
     auth_url: str = "http://127.0.0.1:8001"
     tasks_url: str = "http://127.0.0.1:8002"
     notifier_url: str = "http://127.0.0.1:8003"

@@ -250,6 +250,10 @@ ENDPOINTS = {
         Endpoint("tasks", "TASKS_PORT", 8002, "http://127.0.0.1:{port}"),
         Endpoint("notifier", "NOTIFIER_PORT", 8003, "http://127.0.0.1:{port}"),
         Endpoint("gateway", "GATEWAY_PORT", 8000, "http://127.0.0.1:{port}"),
+        # /metrics of the gateway: a listener of its own, never the public port.
+        Endpoint(
+            "gateway-metrics", "GATEWAY_METRICS_PORT", 9102, "http://127.0.0.1:{port}/metrics"
+        ),
     )
 }
 APP_MODULES = {
@@ -275,6 +279,7 @@ def service_env(state: Path) -> dict[str, str]:
         "GATEWAY_AUTH_URL": url["auth"],
         "GATEWAY_TASKS_URL": url["tasks"],
         "GATEWAY_NOTIFIER_URL": url["notifier"],
+        "GATEWAY_METRICS_PORT": str(ENDPOINTS["gateway-metrics"].port),
     }
 
 

@@ -48,9 +48,9 @@ async def pair() -> AsyncIterator[Pair]:
     for n in (1, 2):
         port = free_port()
         log = STATE_DIR / "log" / "tests" / f"{prefix}-gateway{n}.log"
-        procs.append(
-            ServiceProcess("gateway", port, {**env, "GATEWAY_PORT": str(port)}, log).start()
-        )
+        # Each process has its metrics listener of its own as well.
+        own = {"GATEWAY_PORT": str(port), "GATEWAY_METRICS_PORT": str(free_port())}
+        procs.append(ServiceProcess("gateway", port, {**env, **own}, log).start())
     try:
         for proc in procs:
             await asyncio.to_thread(proc.wait_ready)

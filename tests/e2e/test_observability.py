@@ -68,7 +68,7 @@ def _server_trace_id(trace_dir: Path, service: str, route_part: str) -> str | No
 
 async def _metrics(proc: ServiceProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     async with httpx.AsyncClient() as client:
-        text = (await client.get(f"{proc.url}/metrics")).text
+        text = (await client.get(proc.metrics_url)).text
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)

@@ -66,6 +66,7 @@ def test_readyz_names_the_unreachable_dependency(tmp_path: Path) -> None:
     env = {
         **infra_env("deadredis"),
         "GATEWAY_PORT": str(port),
+        "GATEWAY_METRICS_PORT": str(free_port()),
         "TASKBUS_REDIS_URL": f"redis://127.0.0.1:{dead}/0",
     }
     proc = ServiceProcess("gateway", port, env, tmp_path / "gateway.log").start()

@@ -73,6 +73,7 @@ async def test_services_on_moved_ports_still_route_and_send_the_welcome_mail(
     prefix = f"moved{uuid.uuid4().hex[:8]}"
     moved = {name: str(free_port()) for name in ("AUTH_PORT", "TASKS_PORT", "NOTIFIER_PORT")}
     moved["GATEWAY_PORT"] = str(free_port())
+    moved["GATEWAY_METRICS_PORT"] = str(free_port())
     env = {**os.environ, **infra_env(prefix), **moved, "TASKBUS_STATE_DIR": str(tmp_path)}
     # The shared infrastructure (under var/) keeps running; only the services start here.
     for var in ("TASKBUS_KAFKA_BOOTSTRAP", "TASKBUS_MONGO_URL", "TASKBUS_REDIS_URL"):

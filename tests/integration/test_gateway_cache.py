@@ -19,6 +19,7 @@ from common.events import new_event as envelope
 from common.kafka import make_broker, publish
 from gateway.settings import GatewaySettings
 from tests.support.gateway import gateway_client, gateway_settings, publish_revocation
+from tests.support.infra import free_port
 from tests.support.redis_server import RedisServer
 from tests.support.servers import EchoUpstream
 from tests.support.tokens import SigningKey
@@ -218,7 +219,9 @@ async def test_a_new_gateway_process_knows_earlier_revocations(stack: Stack) -> 
 
     await eventually(refused)
     # Same Redis namespace, other topics: what it knows can only come from Redis.
-    later = stack.settings.model_copy(update={"topic_prefix": f"{uuid.uuid4().hex[:10]}."})
+    later = stack.settings.model_copy(
+        update={"topic_prefix": f"{uuid.uuid4().hex[:10]}.", "metrics_port": free_port()}
+    )
     async with gateway_client(later) as client:
         assert (await client.get("/api/tasks", headers=headers)).status_code == 401
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.headers import DEFAULT_CSP, HELMET_HEADERS
 from gateway.settings import GatewaySettings
-from tests.support.gateway import gateway_client, gateway_settings, serve_gateway
+from tests.support.gateway import gateway_client, gateway_settings, metrics_url, serve_gateway
 from tests.support.infra import free_port
 from tests.support.servers import EchoUpstream
 from tests.support.tokens import SigningKey
@@ -30,6 +30,7 @@ class Stack:
     tasks: EchoUpstream
     notifier: EchoUpstream
     client: httpx.AsyncClient
+    metrics: str  # the URL of the gateway's metrics listener
 
     def bearer(self, user: str | None = None) -> dict[str, str]:
         token, _ = self.key.mint(user or uuid.uuid4().hex)
@@ -56,7 +57,7 @@ async def stack() -> AsyncIterator[Stack]:
             serve_gateway(settings) as url,
             httpx.AsyncClient(base_url=url, timeout=10) as client,
         ):
-            yield Stack(url, key, auth, tasks, notifier, client)
+            yield Stack(url, key, auth, tasks, notifier, client, metrics_url(settings))
     finally:
         for upstream in (auth, tasks, notifier):
             await upstream.stop()
@@ -244,7 +245,7 @@ async def test_docs_metrics_and_probes(stack: Stack) -> None:
     ready = await stack.client.get("/readyz")
     assert ready.json()["checks"] == {"redis": "ok", "kafka": "ok"}
     await stack.client.get("/api/tasks", headers=stack.bearer())
-    metrics = await stack.client.get("/metrics")
+    metrics = await stack.client.get(stack.metrics)
     # As in production, common.metrics counts requests, labelled by the gateway's route template.
     wanted = 'taskbus_http_requests_total{method="GET",route="/api/tasks*",service="gateway"'
     assert wanted + ',status="200"}' in metrics.text
@@ -303,7 +304,7 @@ async def test_metrics_count_cache_results_and_limiter_decisions(stack: Stack) -
     path = f"/api/tasks/{uuid.uuid4().hex}"
     await stack.client.get(path, headers=auth)
     await stack.client.get(path, headers=auth)
-    text = (await stack.client.get("/metrics")).text
+    text = (await stack.client.get(stack.metrics)).text
     assert 'taskbus_gateway_cache_total{result="hit"}' in text
     assert 'taskbus_gateway_cache_total{result="miss"}' in text
     decision = 'taskbus_gateway_ratelimit_decisions_total{decision="admitted",policy="api-user"}'

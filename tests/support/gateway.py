@@ -20,7 +20,7 @@ from common.events import USERS_TOPIC, RevokeReason, SessionsRevoked, new_event
 from common.kafka import make_broker, publish
 from gateway.app import gateway_stack
 from gateway.settings import GatewaySettings
-from tests.support.infra import KAFKA_BOOTSTRAP, REDIS_URL
+from tests.support.infra import KAFKA_BOOTSTRAP, REDIS_URL, free_port
 from tests.support.redis_server import RedisServer
 from tests.support.servers import EchoUpstream, serve_asgi
 from tests.support.tokens import AUDIENCE, ISSUER, SigningKey
@@ -44,6 +44,8 @@ def gateway_settings(
         "tasks_url": upstream_url,
         "notifier_url": upstream_url,
         "log_format": "console",
+        # Free, so gateways in one test process never contend for the default metrics port.
+        "metrics_port": free_port(),
         **overrides,
     }
     return GatewaySettings(**values)
@@ -58,7 +60,13 @@ def gateway_env(prefix: str, key: SigningKey, upstream_url: str) -> dict[str, st
         "GATEWAY_AUTH_URL": upstream_url,
         "GATEWAY_TASKS_URL": upstream_url,
         "GATEWAY_NOTIFIER_URL": upstream_url,
+        "GATEWAY_METRICS_PORT": str(free_port()),
     }
+
+
+def metrics_url(settings: GatewaySettings) -> str:
+    """Where the gateway serves /metrics: its own listener, not the public port."""
+    return f"http://127.0.0.1:{settings.metrics_port}/metrics"
 
 
 @asynccontextmanager

@@ -27,6 +27,11 @@ class ServiceProcess:
         self.module = module
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        # The gateway serves /metrics on a listener of its own, never on its public port.
+        metrics_port = env.get("GATEWAY_METRICS_PORT") if module == "gateway" else None
+        self.metrics_url = (
+            f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else f"{self.url}/metrics"
+        )
         self.log_path = log_path
         self._env = {**os.environ, **env}
         self._proc: subprocess.Popen[bytes] | None = None

@@ -33,6 +33,7 @@ async def running_system(
         "GATEWAY_TASKS_URL": url["tasks"],
         "GATEWAY_NOTIFIER_URL": url["notifier"],
         **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
+        "GATEWAY_METRICS_PORT": str(free_port()),
         **extra_env,
     }
     logs = STATE_DIR / "log" / "tests"
