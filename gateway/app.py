@@ -34,6 +34,8 @@ from gateway.routes import TABLE
 from gateway.settings import GatewaySettings
 
 JWKS_TIMEOUT_S = 5.0
+# Liveness costs nothing and a refused one would get the process restarted: never limited.
+UNLIMITED = frozenset({"/livez"})
 
 
 class Parts:
@@ -64,6 +66,10 @@ class Gateway:
                 await send_reply(send, problem(503, "starting up", scope["path"]), [])
                 return
             await pipeline(scope, receive, send)
+            return
+        pipeline = self._parts.pipeline
+        limited = scope["type"] == "http" and scope["path"] not in UNLIMITED
+        if limited and pipeline is not None and not await pipeline.admit_outside_api(scope, send):
             return
         await self._rest(scope, receive, send)
 

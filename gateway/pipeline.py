@@ -84,7 +84,7 @@ class Pipeline:
         self._upstreams = upstreams
         self._metrics = metrics
         self._proxies = TrustedProxies(settings.trusted_proxies)
-        scopes: tuple[LimitScope, ...] = ("login", "public", "api")
+        scopes: tuple[LimitScope, ...] = ("login", "public", "api", "meta")
         self._policies = {s: policies_for(settings.rate_limits, s) for s in scopes}
         self._last_outage_log = float("-inf")
         self._vary = tuple(name.lower().encode() for name in settings.cache_vary)
@@ -124,18 +124,23 @@ class Pipeline:
         body = await read_body(scope, receive, self._settings.max_body_bytes)
         if body is None:
             return problem(413, f"body exceeds {self._settings.max_body_bytes} bytes", path)
+        ip = self._client_ip(scope)
+        limit_scope = route.limit_scope(method)
         claims: AccessClaims | None = None
         if not route.public:
             try:
                 claims = await self._verifier.verify(header(scope, b"authorization"))
             except TokenError:
-                return problem(401, UNAUTHORIZED_DETAIL, path, WWW_AUTHENTICATE)
+                # Still counted under the route's per-IP policies: forged or missing tokens
+                # must not be free to send (issue 12 item 6).
+                _, limited = await self._pass_gate(
+                    limit_scope, scope, claims=None, ip=ip, extra=extra
+                )
+                return limited or problem(401, UNAUTHORIZED_DETAIL, path, WWW_AUTHENTICATE)
             except KeysUnavailableError:
                 return problem(503, "token keys unavailable", path, {"Retry-After": "5"})
-        peer = scope["client"][0] if scope.get("client") else "0.0.0.0"
-        ip = self._proxies.client_ip(peer, header(scope, b"x-forwarded-for"))
         gate, refusal = await self._pass_gate(
-            route, scope, body=body, claims=claims, ip=ip, extra=extra
+            limit_scope, scope, body=body, claims=claims, ip=ip, extra=extra
         )
         if refusal is not None:
             return refusal
@@ -155,19 +160,32 @@ class Pipeline:
             await self._invalidate(claims.sub)
         return reply
 
+    async def admit_outside_api(self, scope: Scope, send: Send) -> bool:
+        """Probes, docs, the spec: the per-IP "meta" policies; False once it answered 429."""
+        extra: list[Header] = [(b"x-request-id", header(scope, b"x-request-id") or b"")]
+        ip = self._client_ip(scope)
+        _, refusal = await self._pass_gate("meta", scope, claims=None, ip=ip, extra=extra)
+        if refusal is None:
+            return True
+        await send_reply(send, refusal, extra, head=scope["method"] == "HEAD")
+        return False
+
+    def _client_ip(self, scope: Scope) -> str:
+        peer = scope["client"][0] if scope.get("client") else "0.0.0.0"
+        return self._proxies.client_ip(peer, header(scope, b"x-forwarded-for"))
+
     async def _pass_gate(
         self,
-        route: Route,
+        limit_scope: LimitScope,
         scope: Scope,
         *,
-        body: bytes,
         claims: AccessClaims | None,
         ip: str,
         extra: list[Header],
+        body: bytes = b"",
     ) -> tuple[GateResult | None, Reply | None]:
         """Revocation and rate limits in one Redis call; a refusal reply, or None to go on."""
         path = scope["path"]
-        limit_scope = route.limit_scope(scope["method"])
         account = login_account(body) if limit_scope == "login" else None
         user = claims.sub if claims else None
         checks = checks_for(self._policies[limit_scope], ip=ip, user=user, account=account)

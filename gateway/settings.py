@@ -7,7 +7,7 @@ from pydantic_settings import SettingsConfigDict
 
 from common.settings import ServiceSettings
 
-LimitScope = Literal["login", "public", "api"]
+LimitScope = Literal["login", "public", "api", "meta"]
 LimitKey = Literal["ip", "user", "account"]
 
 
@@ -19,7 +19,8 @@ class LimitPolicy(BaseModel):
     limit: int = Field(gt=0)
     window_s: int = Field(gt=0)
     # login: POST to the login route; public: other routes needing no token; api: the rest
-    # (which route is which: gateway/routes.py).
+    # (which route is which: gateway/routes.py); meta: the paths outside the API (/readyz,
+    # /openapi.json, /docs, /asyncapi.json; not /livez).
     scope: LimitScope
     # ip: the client address; user: the token's subject; account: the login body's email.
     key: LimitKey
@@ -33,6 +34,8 @@ DEFAULT_POLICIES = (
     LimitPolicy(name="public-ip", limit=120, window_s=60, scope="public", key="ip"),
     LimitPolicy(name="api-user", limit=600, window_s=60, scope="api", key="user"),
     LimitPolicy(name="api-ip", limit=1200, window_s=60, scope="api", key="ip"),
+    # Probes and docs: /readyz pings Redis and Kafka, the spec merges three upstream documents.
+    LimitPolicy(name="meta-ip", limit=120, window_s=60, scope="meta", key="ip"),
 )
 
 
