@@ -1,10 +1,12 @@
 """Clients for the shared infrastructure, opened in a lifespan and closed with it."""
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
 from faststream.kafka import KafkaBroker
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
@@ -13,6 +15,7 @@ from common.kafka import ensure_topics, make_broker
 from common.settings import ServiceSettings
 
 MongoClient = AsyncMongoClient[dict[str, Any]]
+log = structlog.get_logger(__name__)
 
 
 @asynccontextmanager
@@ -56,6 +59,44 @@ async def open_broker(
         yield broker
     finally:
         await broker.stop()
+
+
+@asynccontextmanager
+async def open_producer(
+    settings: ServiceSettings, topics: Iterable[str], retry_s: float = 2.0
+) -> AsyncIterator[KafkaBroker]:
+    """A publish-only broker, started in the background and retried until Kafka answers.
+
+    Auth and tasks write events to outboxes, so they can serve while Kafka is away, at start too:
+    a pod restarted during a broker outage must not crash-loop. Until the broker has started, the
+    relay's publishes fail and are retried; nothing is lost.
+    """
+    broker = make_broker(settings)
+    starting = asyncio.create_task(_start_when_reachable(settings, topics, broker, retry_s))
+    try:
+        yield broker
+    finally:
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        await broker.stop()
+
+
+async def _start_when_reachable(
+    settings: ServiceSettings, topics: Iterable[str], broker: KafkaBroker, retry_s: float
+) -> None:
+    wanted = list(topics)
+    while True:
+        try:
+            await ensure_topics(settings, wanted)
+            await broker.start()
+        except Exception:  # Kafka unreachable (any client error): logged, tried again
+            log.warning("kafka not reachable yet; the outbox keeps the events", exc_info=True)
+            await broker.stop()
+            # A retry schedule for an outside dependency: there is no event to await.
+            await asyncio.sleep(retry_s)
+        else:
+            return
 
 
 async def ping_mongo(client: MongoClient) -> None:

@@ -11,7 +11,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.events import USERS_TOPIC
 from common.health import Check, health_routes
-from common.infra import open_broker, open_mongo, open_redis, ping_mongo, ping_redis
+from common.infra import open_mongo, open_producer, open_redis, ping_mongo, ping_redis
 from common.limits import BodyLimit
 from common.problems import install_problem_handlers
 from common.unavailable import install_failure_handlers
@@ -53,7 +53,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
         async with AsyncExitStack() as stack:
             mongo = await stack.enter_async_context(open_mongo(settings))
             redis = await stack.enter_async_context(open_redis(settings))
-            broker = await stack.enter_async_context(open_broker(settings, [USERS_TOPIC]))
+            broker = await stack.enter_async_context(open_producer(settings, [USERS_TOPIC]))
             db = mongo[settings.mongo_db]
             users, sessions = MongoUsers(db), MongoSessions(db)
             await users.ensure_indexes()

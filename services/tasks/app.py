@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from common.events import TASKS_TOPIC
 from common.health import Check, health_routes
-from common.infra import open_broker, open_mongo, ping_mongo
+from common.infra import open_mongo, open_producer, ping_mongo
 from common.limits import BodyLimit
 from common.problems import install_problem_handlers
 from common.revocations import RevocationFeed, RevocationList
@@ -41,7 +41,7 @@ def create_app(settings: TasksSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             mongo = await stack.enter_async_context(open_mongo(settings))
-            broker = await stack.enter_async_context(open_broker(settings, [TASKS_TOPIC]))
+            broker = await stack.enter_async_context(open_producer(settings, [TASKS_TOPIC]))
             http = await stack.enter_async_context(aiohttp.ClientSession())
             store = TaskStore(
                 mongo[settings.mongo_db],

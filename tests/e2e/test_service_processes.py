@@ -77,3 +77,22 @@ def test_readyz_names_the_unreachable_dependency(tmp_path: Path) -> None:
         assert response.json()["detail"] == "not ready: redis"
     finally:
         proc.stop()
+
+
+def test_auth_starts_and_serves_while_kafka_is_unreachable(tmp_path: Path) -> None:
+    port, dead = free_port(), free_port()
+    env = {
+        **infra_env(f"nokafka{port}"),
+        "AUTH_PORT": str(port),
+        "TASKBUS_KAFKA_BOOTSTRAP": f"127.0.0.1:{dead}",
+    }
+    proc = ServiceProcess(MODULES["auth"], port, env, tmp_path / "auth.log").start()
+    try:
+        # Ready, not crash-looping: its events wait in the outbox until Kafka answers.
+        proc.wait_ready()
+        body = {"email": f"nk{port}@example.com", "password": "correct horse 9", "name": "N"}
+        response = httpx.post(f"{proc.url}/api/auth/register", json=body, timeout=10)
+        assert response.status_code == 201, response.text
+        assert "kafka not reachable yet" in proc.log_tail()
+    finally:
+        proc.stop()
