@@ -1,5 +1,6 @@
 """Starts a service process the same way everywhere: logging, tracing, uvicorn on uvloop."""
 
+import asyncio
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -18,25 +19,32 @@ def run_service(settings: S, create_app: Callable[[S], ASGIApp]) -> None:
     run_stack(settings, lambda given: instrument(create_app(given), given))
 
 
-def run_stack(settings: S, build: Callable[[S], ASGIApp]) -> None:
+def run_stack(
+    settings: S, build: Callable[[S], ASGIApp], http: type[asyncio.Protocol] | str = "httptools"
+) -> None:
     """Serve `build(settings)`, an app that brings its own middleware, then flush traces."""
     setup_logging(settings)
     provider = setup_tracing(settings)
     setup_error_tracking(settings)
     try:
-        serve(build(settings), settings)
+        serve(build(settings), settings, http)
     finally:
         provider.shutdown()
 
 
-def serve(app: ASGIApp, settings: ServiceSettings) -> None:
-    """Serve one ASGI app on uvicorn (uvloop, httptools, our logging) until SIGTERM/SIGINT."""
+def serve(
+    app: ASGIApp, settings: ServiceSettings, http: type[asyncio.Protocol] | str = "httptools"
+) -> None:
+    """Serve one ASGI app on uvicorn (uvloop, httptools, our logging) until SIGTERM/SIGINT.
+
+    `http`: uvicorn's HTTP protocol (the gateway brings its own, gateway/protocol.py).
+    """
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="none",
-        http="httptools",
+        http=http,
         lifespan="on",
         log_config=None,
         access_log=False,

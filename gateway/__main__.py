@@ -7,7 +7,9 @@ send (granian issue #594), so it is not used.
 
 from common.runner import run_stack
 from gateway.app import gateway_stack
+from gateway.protocol import EdgeHttpProtocol
 from gateway.settings import GatewaySettings
 
 if __name__ == "__main__":
-    run_stack(GatewaySettings(), gateway_stack)
+    # Its own protocol: uvicorn's answer to an unparseable request gets the edge's headers too.
+    run_stack(GatewaySettings(), gateway_stack, http=EdgeHttpProtocol)
