@@ -52,20 +52,26 @@ class Leases:
 
     async def _insert(self, leases: list[Doc]) -> list[str]:
         """Insert the leases at once; the document ids of those that were free."""
-        if not leases:
-            return []
-        try:
-            await self._coll.insert_many(leases, ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(error.get("code") != _DUPLICATE_KEY for error in errors):
-                raise
-            taken_by_others = {error["index"] for error in errors}
-            return [lease["doc"] for n, lease in enumerate(leases) if n not in taken_by_others]
-        return [lease["doc"] for lease in leases]
+        inserted = await insert_free(self._coll, leases)
+        return [lease["doc"] for n, lease in enumerate(leases) if n in inserted]
 
     async def release(self, source: str, doc_ids: Sequence[str], token: str) -> None:
         """Give the leases up (only those still ours)."""
         if doc_ids:
             keys = [f"{source}/{d}" for d in doc_ids]
             await self._coll.delete_many({"_id": {"$in": keys}, "holder": token})
+
+
+async def insert_free(coll: AsyncCollection[Doc], docs: Sequence[Doc]) -> set[int]:
+    """Insert lock-like documents in one call; the indexes of those whose `_id` was free."""
+    if not docs:
+        return set()
+    try:
+        await coll.insert_many(list(docs), ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(error.get("code") != _DUPLICATE_KEY for error in errors):
+            raise
+        taken = {error["index"] for error in errors}
+        return {n for n in range(len(docs)) if n not in taken}
+    return set(range(len(docs)))

@@ -16,13 +16,13 @@ from typing import Any
 
 import structlog
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from common.clock import Clock, utcnow
+from common.leases import insert_free
 
 log = structlog.get_logger(__name__)
 Doc = dict[str, Any]
-_DUPLICATE_KEY = 11000
 
 
 def write_key(task_id: str) -> str:
@@ -147,15 +147,8 @@ class DocLocks:
     async def _try_many(self, keys: Sequence[str], token: str, ttl_s: float) -> set[str]:
         expires = self._clock() + timedelta(seconds=ttl_s)
         locks = [{"_id": key, "holder": token, "expires_at": expires} for key in keys]
-        try:
-            await self._coll.insert_many(locks, ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(error.get("code") != _DUPLICATE_KEY for error in errors):
-                raise
-            taken = {error["index"] for error in errors}
-            return {key for n, key in enumerate(keys) if n not in taken}
-        return set(keys)
+        inserted = await insert_free(self._coll, locks)
+        return {key for n, key in enumerate(keys) if n in inserted}
 
     async def sweep(self, limit: int = 100) -> int:
         """Delete up to `limit` expired locks that nobody took over; how many went."""
