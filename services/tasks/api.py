@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from starlette.responses import Response
 
 from common.problems import ProblemError, problem_response
+from common.task_models import TaskCreate, TaskPatch
 from common.tokens import Revocations, TokenVerifier, verify_bearer
 from services.tasks.domain import (
     BacklogFullError,
@@ -20,11 +21,9 @@ from services.tasks.domain import (
     ListQuery,
     PreconditionFailedError,
     Task,
-    TaskCreate,
     TaskError,
     TaskNotFoundError,
     TaskPage,
-    TaskPatch,
     TaskStats,
     decode_cursor,
     encode_cursor,

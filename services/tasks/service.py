@@ -10,6 +10,7 @@ from typing import Protocol
 
 from common.clock import Clock, utcnow
 from common.events import Envelope, TaskCreated, TaskDeleted
+from common.task_models import TaskCreate, TaskPatch
 from services.tasks.domain import (
     BacklogFullError,
     BusyError,
@@ -17,8 +18,6 @@ from services.tasks.domain import (
     ListQuery,
     PreconditionFailedError,
     Task,
-    TaskCreate,
-    TaskPatch,
     TaskStats,
     apply_patch,
     if_match_ok,
@@ -70,14 +69,14 @@ class TaskService:
         self,
         store: TaskStorage,
         *,
-        written: Callable[[], None],
+        written: Callable[[str], None],
         backlog_full: Callable[[], bool] = lambda: False,
         quota: TaskQuota | None = None,
         clock: Clock = utcnow,
     ) -> None:
         self._store = store
         self._quota = quota  # the per-user cap on stored tasks (services/tasks/quota.py)
-        self._written = written  # wakes the outbox relay
+        self._written = written  # tells the outbox relay which task has new events
         self._backlog_full = backlog_full
         self._clock = clock
 
@@ -96,7 +95,7 @@ class TaskService:
         stored = await self._store.create(
             task, event, idem_key=idem_key, fingerprint=body.fingerprint()
         )
-        self._written()
+        self._written(stored[0].id)
         return stored
 
     async def get(self, owner: str, task_id: str) -> Task:
@@ -126,7 +125,7 @@ class TaskService:
                 if payload is None:
                     return before.task  # nothing changed: no new version, no event
                 if await self._store.save(before, after, wrap(payload, owner)):
-                    self._written()
+                    self._written(task_id)
                     return after
         raise BusyError(f"{task_id}: kept losing to concurrent writes")
 
@@ -139,7 +138,7 @@ class TaskService:
                 _check(if_match, before.task)
                 event = wrap(TaskDeleted(task_id=task_id, owner=owner), owner)
                 if await self._store.bury(before, event):
-                    self._written()
+                    self._written(task_id)
                     return
         raise BusyError(f"{task_id}: kept losing to concurrent writes")
 

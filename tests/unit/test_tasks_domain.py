@@ -7,13 +7,12 @@ import pytest
 from pydantic import ValidationError
 
 from common.events import TaskCompleted, TaskUpdated
+from common.task_models import TaskCreate, TaskPatch
 from services.tasks.domain import (
     CursorPosition,
     InvalidCursorError,
     ListQuery,
     Task,
-    TaskCreate,
-    TaskPatch,
     apply_patch,
     decode_cursor,
     encode_cursor,
