@@ -16,6 +16,23 @@ TASKS_TOPIC = "taskbus.tasks"
 # The notifier's own retry ladder and dead-letter topic.
 NOTIFIER_RETRY_TOPIC = "taskbus.notifier.retry"
 NOTIFIER_DLQ_TOPIC = "taskbus.notifier.dlq"
+# Event producers (common/commands.py): commands in on one topic per producer, so the broker's ACL
+# on the topic proves who wrote a record; answers out on the producer's own answers topic.
+COMMANDS_PREFIX = "taskbus.commands."
+ANSWERS_PREFIX = "taskbus.answers."
+# Records on a command topic that no policy names a producer for (nobody to answer).
+COMMANDS_DLQ_TOPIC = "taskbus.commands.dlq"
+
+
+def commands_topic(producer: str) -> str:
+    """The logical topic a producer writes its commands to."""
+    return f"{COMMANDS_PREFIX}{producer}"
+
+
+def answers_topic(producer: str) -> str:
+    """The logical topic a producer reads its answers from."""
+    return f"{ANSWERS_PREFIX}{producer}"
+
 
 TaskStatus = Literal["todo", "in_progress", "done"]
 TaskPriority = Literal["low", "medium", "high", "urgent"]
@@ -155,6 +172,11 @@ class Envelope(BaseModel):
     subject: str = Field(min_length=1, max_length=64)
     datacontenttype: Literal["application/json"] = "application/json"
     traceparent: str | None = None
+    # CloudEvents extension: the id of the command this event answers (common/commands.py).
+    # Absent, not null, on events no command caused.
+    causationid: str | None = Field(
+        default=None, min_length=1, max_length=64, exclude_if=lambda v: v is None
+    )
     data: dict[str, Any]
 
     def payload(self) -> Payload:
@@ -168,7 +190,12 @@ class Envelope(BaseModel):
 
 
 def new_event(
-    payload: Payload, *, source: str, subject: str, traceparent: str | None = None
+    payload: Payload,
+    *,
+    source: str,
+    subject: str,
+    traceparent: str | None = None,
+    causationid: str | None = None,
 ) -> Envelope:
     """Wrap a payload in a fresh envelope with a unique id."""
     return Envelope(
@@ -178,5 +205,6 @@ def new_event(
         time=utcnow(),
         subject=subject,
         traceparent=traceparent,
+        causationid=causationid,
         data=payload.model_dump(mode="json"),
     )
