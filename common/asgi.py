@@ -94,6 +94,10 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         headers = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
+        if sum(k == b"authorization" for k, _ in headers) > 1:
+            # Ambiguous credentials count as none: the gateway and a service must never judge
+            # different tokens of one request (each framework picks its own one of several).
+            headers = [(k, v) for k, v in headers if k != b"authorization"]
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex.encode()
         # In place, like Starlette's router: outer middleware read values set further in.
