@@ -1,24 +1,20 @@
-"""The outbox relay: publishes what the `OutboxSource`s hold (common.outbox), in batches.
+"""The outbox relay: publishes what the `OutboxSource`s (common.outbox) hold, then clears it.
 
-The relay works in batches: FerretDB rewrites a document in ~10 ms at 1,300 documents (it finds
-each one again by scanning) and any query scans, so a per-document protocol (six writes per
-event) capped it far below the writers' rate. Per batch of up to `batch` documents it makes a
-fixed number of calls: a candidate query, one `insert_many` of leases (common.leases), one read
-of the outboxes; publishes each document's entries in order up to its first failure (documents
-in parallel); then, under the writers' guards for the whole batch (`OutboxSource.guard`: on
-FerretDB an update is not isolated from a concurrent one), one `update_many` that clears and
-unmarks every document all of whose entries went out (one `delete_many` for tombstones), a
-`$pullAll` only for documents partly published or grown since read; one `delete_many` of leases.
+Publication and clearing are two loops. Publishing a batch of up to `batch` documents makes a
+fixed number of calls: (for a sweep) a candidate query, one `insert_many` of leases
+(common.leases), one read of the outboxes; then each document's entries go out in order up to its
+first failure (documents in parallel). What went out is remembered per document (`Sent`) and
+cleared behind, in batches, by common.relay_clear: the database's slow per-document rewrite no
+longer caps the publish rate, and a remembered entry is not published again.
 
-A document left marked with an empty outbox (a crash between the removal and the unmark) is a
-candidate like any other and is unmarked on the next visit. Delivery is at least once: consumers
-deduplicate by event id.
+Writers tell the relay which document they wrote (`wrote`): those are published without a scan.
+A sweep (every `interval_s`, or on `wake()`) finds what other replicas or a crash left behind.
+Delivery is at least once: consumers deduplicate by event id.
 """
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 import structlog
@@ -31,31 +27,11 @@ from common.events import Envelope
 from common.leases import Leases
 from common.metrics import BacklogGauge
 from common.outbox import OUTBOX, PENDING, Doc, OutboxSource
+from common.relay_clear import Batch, Sent, clear
 
 Publish = Callable[[str, Envelope], Awaitable[None]]
 log = structlog.get_logger(__name__)
 _RETRY_AFTER_ERROR_S = 2.0
-
-
-@dataclass(frozen=True)
-class Batch:
-    """What one relay batch read and published, by document id."""
-
-    read: Mapping[str, list[Doc]]
-    done: Mapping[str, list[Doc]]
-    tombs: set[str]
-
-    def only(self, ids: set[str]) -> "Batch":
-        """The part of the batch about `ids`."""
-        pick = sorted(ids)
-        return Batch(
-            {d: self.read[d] for d in pick}, {d: self.done[d] for d in pick}, ids & self.tombs
-        )
-
-
-def _unchanged(doc_id: str, read: list[Doc]) -> Doc:
-    """Matches the document while its outbox still is the (non-empty) one read."""
-    return {"_id": doc_id, OUTBOX: {"$size": len(read)}, f"{OUTBOX}.0.id": read[0]["id"]}
 
 
 def _raise_if_cancelled() -> None:
@@ -81,31 +57,54 @@ class OutboxRelay:
         parallel: int = 16,
         lease_s: float = 30.0,
         backlog_every_s: float = 10.0,
-        linger_s: float = 0.0,
     ) -> None:
-        self._linger_s = linger_s
-        self._sources = tuple(sources)
+        self._sources = {source.name: source for source in sources}
         self._publish = publish
         self._leases = Leases(leases, now, timedelta(seconds=lease_s))
         self._interval_s = interval_s
         self._batch = batch
         self._parallel = asyncio.Semaphore(parallel)
         self._wake = asyncio.Event()
+        self._sweep_due = True
+        self._dirty: dict[str, set[str]] = {name: set() for name in self._sources}
+        self._sent: dict[str, dict[str, Sent]] = {name: {} for name in self._sources}
+        self._to_clear = asyncio.Event()
         self._backlog = BacklogGauge(service, self._count_backlog, every_s=backlog_every_s)
         self._backlog_every_s = backlog_every_s
         self.backlog = 0  # the last count: writers read it without scanning (backpressure)
 
+    @property
+    def uncleared(self) -> int:
+        """Documents published but not cleared yet (backpressure on the database's rewrites)."""
+        return sum(len(sent) for sent in self._sent.values())
+
     def wake(self) -> None:
-        """Relay now instead of at the next interval (a write just queued an event)."""
+        """Sweep every source now instead of at the next interval."""
+        self._sweep_due = True
+        self._wake.set()
+
+    def wrote(self, source: str, doc_id: str) -> None:
+        """A writer just added events to this document: publish it now, without a sweep."""
+        self._dirty[source].add(doc_id)
         self._wake.set()
 
     async def run(self) -> None:
-        """Drain, then wait for `wake()` or the interval; until cancelled."""
+        """Publish and clear until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._publish_forever())
+            group.create_task(self._clear_forever())
+
+    async def _publish_forever(self) -> None:
+        clock = asyncio.get_running_loop().time
+        next_sweep = clock()
         while True:
             self._wake.clear()
-            timeout = self._interval_s
+            if clock() >= next_sweep:
+                self._sweep_due, next_sweep = True, clock() + self._interval_s
+            timeout = max(0.0, next_sweep - clock())
             try:
-                await self.drain()
+                with suppress_instrumentation():
+                    await self._publish_round()
                 _raise_if_cancelled()
             except Exception:  # the relay outlives a bad round; it is logged
                 log.exception("outbox relay round failed")
@@ -115,9 +114,20 @@ class OutboxRelay:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
-                    # Like Kafka's linger.ms: writes arriving meanwhile join one batch, whose
-                    # scans and clearing call are paid once instead of once per write.
-                    await asyncio.sleep(self._linger_s)
+
+    async def _clear_forever(self) -> None:
+        while True:
+            await self._to_clear.wait()
+            self._to_clear.clear()
+            try:
+                with suppress_instrumentation():
+                    while await self._clear_round():
+                        _raise_if_cancelled()
+            except Exception:  # retried after a pause; the entries stay remembered meanwhile
+                log.exception("outbox clearing failed")
+            if self.uncleared:  # what the writers' guards or an error held back: retry soon
+                await asyncio.sleep(_RETRY_AFTER_ERROR_S)
+                self._to_clear.set()
 
     async def watch_backlog(self) -> None:
         """Keep `backlog` current even on a replica that leaves publishing to others."""
@@ -134,67 +144,105 @@ class OutboxRelay:
         return self.backlog
 
     async def drain(self) -> int:
-        """Visit every pending document now; how many events were published."""
-        published = 0
+        """Publish every pending document now and clear it; how many events were published."""
         # The relay's own reads, leases and removals would be a root trace per poll; each publish
         # still runs in the trace of the request that wrote the event (common.kafka.publish).
         with suppress_instrumentation():
+            self._sweep_due = True
+            published = await self._publish_round()
+            while await self._clear_round():
+                pass
             await self._backlog.refresh()
-            for source in self._sources:
-                published += await self._drain_source(source)
         return published
 
-    async def _drain_source(self, source: OutboxSource) -> int:
+    async def _publish_round(self) -> int:
+        """Publish the documents writers named, then (when due) sweep; events published."""
+        sweep, self._sweep_due = self._sweep_due, False
+        published = 0
+        for name, source in self._sources.items():
+            dirty, self._dirty[name] = sorted(self._dirty[name]), set()
+            for start in range(0, len(dirty), self._batch):
+                published += await self._publish_batch(source, dirty[start : start + self._batch])
+            if sweep:
+                published += await self._sweep(source)
+        return published
+
+    async def _sweep(self, source: OutboxSource) -> int:
         published = 0
         while True:
             ids = await self._candidates(source)
-            moved = await self._relay_batch(source, ids) if ids else 0
+            moved = await self._publish_batch(source, ids) if ids else 0
             published += moved
             if len(ids) < self._batch or not moved:
                 return published
 
     async def _candidates(self, source: OutboxSource) -> list[str]:
-        """Up to `batch` marked documents nobody holds a lease on, in one query."""
-        leased = await self._leases.held(source.name)
-        where: Doc = {PENDING: True, "_id": {"$nin": leased}} if leased else {PENDING: True}
+        """Up to `batch` marked documents not leased and not wholly published, in one query.
+
+        A remembered document another replica wrote to meanwhile is found again once it is
+        cleared or its lease expires (`lease_s`): its writer's own relay could not lease it.
+        """
+        sent = self._sent[source.name]
+        skip = set(await self._leases.held(source.name)) | {d for d, s in sent.items() if s.whole}
+        where: Doc = {PENDING: True, "_id": {"$nin": sorted(skip)}} if skip else {PENDING: True}
         found = source.collection.find(where, {"_id": 1}).limit(self._batch)
         return [doc["_id"] async for doc in found]
 
-    async def _relay_batch(self, source: OutboxSource, ids: list[str]) -> int:
-        """Publish the outboxes of the documents whose leases it gets; how many events went out."""
-        token, taken = await self._leases.take(source.name, ids)
-        keep: set[str] = set()
-        try:
-            found = source.collection.find({"_id": {"$in": taken}}, source.projection())
-            docs = [doc async for doc in found]
-            outboxes = {doc["_id"]: list(doc.get(OUTBOX, [])) for doc in docs}
-            tombs = {doc["_id"] for doc in docs if source.is_tombstone(doc)}
-            results = await asyncio.gather(
-                *(self._publish_doc(source, doc_id, items) for doc_id, items in outboxes.items())
-            )
-            done = {doc_id: sent for doc_id, (sent, _) in zip(outboxes, results, strict=True)}
-            keep = {doc_id for doc_id, (_, bad) in zip(outboxes, results, strict=True) if bad}
-            await self._clean(source, Batch(outboxes, done, tombs))
-            return sum(len(sent) for sent in done.values())
-        finally:
-            await self._leases.release(source.name, [d for d in taken if d not in keep], token)
+    async def _publish_batch(self, source: OutboxSource, ids: list[str]) -> int:
+        """Publish the outboxes of `ids` this relay leases; how many events went out."""
+        sent = self._sent[source.name]
+        # A document still remembered keeps the lease taken when it was published.
+        kept = {d: t for d in ids if d in sent and (t := sent[d].token) is not None}
+        token, taken = await self._leases.take(source.name, [d for d in ids if d not in kept])
+        owned = {**kept, **dict.fromkeys(taken, token)}
+        found = source.collection.find({"_id": {"$in": sorted(owned)}}, source.projection())
+        docs = {doc["_id"]: doc async for doc in found}
+        outcomes = await asyncio.gather(
+            *(self._publish_doc(source, doc_id, doc, owned[doc_id]) for doc_id, doc in docs.items())
+        )
+        # Let go of documents gone meanwhile and of those to retry promptly (a failed publish).
+        let_go = [d for d in owned if d not in docs]
+        let_go += [d for d, (_, release) in zip(docs, outcomes, strict=True) if release]
+        await self._release(source.name, {d: owned[d] for d in let_go})
+        self._to_clear.set()
+        return sum(count for count, _ in outcomes)
+
+    async def _release(self, source: str, tokens: dict[str, str]) -> None:
+        by_token: dict[str, list[str]] = {}
+        for doc_id, token in tokens.items():
+            by_token.setdefault(token, []).append(doc_id)
+        for token, doc_ids in by_token.items():
+            await self._leases.release(source, doc_ids, token)
 
     async def _publish_doc(
-        self, source: OutboxSource, doc_id: str, entries: list[Doc]
-    ) -> tuple[list[Doc], bool]:
+        self, source: OutboxSource, doc_id: str, doc: Doc, token: str
+    ) -> tuple[int, bool]:
+        """Publish one document's new entries and remember them: (how many, let go of it now).
+
+        A wholly published document keeps its lease until cleared, so no other relay publishes
+        it again. A malformed entry keeps the lease until it expires, so it is retried at that
+        pace rather than in a hot loop; a failed publish lets it go for a prompt retry.
+        """
+        entries = list(doc.get(OUTBOX, []))
+        before = self._sent[source.name].get(doc_id)
+        known = before.ids() if before is not None else set()
         async with self._parallel:
-            return await self._publish_in_order(source, doc_id, entries)
+            done, malformed = await self._publish_in_order(source, doc_id, entries, known)
+        release = len(done) < len(entries) and not malformed
+        if done or not entries:
+            tomb = source.is_tombstone(doc)
+            self._sent[source.name][doc_id] = Sent(entries, done, tomb, None if release else token)
+        return sum(1 for item in done if item["id"] not in known), release
 
     async def _publish_in_order(
-        self, source: OutboxSource, doc_id: str, entries: list[Doc]
+        self, source: OutboxSource, doc_id: str, entries: list[Doc], known: set[str]
     ) -> tuple[list[Doc], bool]:
-        """The entries published, oldest first, up to the first failure; True if one is malformed.
-
-        A malformed entry keeps the document's lease until it expires, so it is retried at that
-        pace rather than in a hot loop; a failed publish releases it for a prompt retry.
-        """
+        """The entries out (published now or before), oldest first, to the first failure."""
         done: list[Doc] = []
         for item in entries:
+            if item.get("id") in known:
+                done.append(item)
+                continue
             try:
                 envelope = Envelope.model_validate(item["event"])
                 topic = str(item["topic"])
@@ -210,61 +258,32 @@ class OutboxRelay:
             done.append(item)
         return done, False
 
-    async def _clean(self, source: OutboxSource, batch: Batch) -> None:
-        """Remove exactly the published entries; unmark (or delete) the documents left empty."""
-        if not batch.done:
-            return
-        async with source.guard(sorted(batch.done)) as held:
-            # Documents not held keep their entries, published again later: duplicates, no loss.
-            if held:
-                await self._clear(source, batch.only(held))
-
-    async def _clear(self, source: OutboxSource, batch: Batch) -> None:
-        # Every call scans the collection even when it matches nothing (~0.1 s at 1,300
-        # documents), so only the calls this batch needs are made.
-        coll, read, done = source.collection, batch.read, batch.done
-        ids = sorted(done)
-        whole = [d for d in ids if done[d] and len(done[d]) == len(read[d])]
-        cleared = await self._clear_whole(source, whole, batch)
-        rest = [d for d in ids if done[d] and d not in whole]
-        if cleared < len(whole):
-            rest += whole  # some grew since read: which ones is not known, so all are asked
-        if rest:
-            # Event ids are unique, so one list removes each document's own entries only.
-            sent = [item for doc_id in rest for item in done[doc_id]]
-            await coll.update_many({"_id": {"$in": rest}}, {"$pullAll": {OUTBOX: sent}})
-        if empty_ids := [d for d in ids if not read[d]]:
-            # Marked with an empty outbox (a crash between a removal and its unmark) or none.
-            none_left = [{OUTBOX: {"$size": 0}}, {OUTBOX: {"$exists": False}}]
-            empty: Doc = {"_id": {"$in": empty_ids}, PENDING: True, "$or": none_left}
-            if source.tombstone is not None:
-                await coll.delete_many(empty | dict(source.tombstone))
-            await coll.update_many(empty, {"$unset": {PENDING: ""}})
-
-    async def _clear_whole(self, source: OutboxSource, ids: list[str], batch: Batch) -> int:
-        """Clear and unmark (or delete) documents all of whose entries went out; how many were."""
-        count = 0
-        for group in (
-            [d for d in ids if d in batch.tombs],
-            [d for d in ids if d not in batch.tombs],
-        ):
-            if not group:
+    async def _clear_round(self) -> int:
+        """Clear up to `batch` remembered documents per source; how many were handled."""
+        handled = 0
+        for name, source in self._sources.items():
+            sent = self._sent[name]
+            picked = dict(list(sent.items())[: self._batch])
+            if not picked:
                 continue
-            # Unchanged since read means all of it went out: writers only append, and entries
-            # leave only as a published prefix, so the same size and the same first entry
-            # suffice. That holds even for a relay whose lease expired while it published.
-            ors = [_unchanged(doc_id, batch.read[doc_id]) for doc_id in group]
-            if group[0] in batch.tombs:
-                count += (await source.collection.delete_many({"$or": ors})).deleted_count
-            else:
-                update = {"$set": {OUTBOX: []}, "$unset": {PENDING: ""}}
-                count += (await source.collection.update_many({"$or": ors}, update)).modified_count
-        return count
+            held = await clear(source, Batch(picked))
+            _raise_if_cancelled()
+            tokens: dict[str, str] = {}
+            for doc_id in held:
+                if sent.get(doc_id) is picked[doc_id]:  # not published again meanwhile
+                    del sent[doc_id]
+                    if (token := picked[doc_id].token) is not None:
+                        tokens[doc_id] = token
+            await self._release(name, tokens)
+            handled += len(held)
+        return handled
 
     async def pending_events(self) -> int:
-        """How many events wait in every source's outboxes (the backlog gauge, tests)."""
+        """How many events wait in every source's outboxes, not yet published (backlog gauge)."""
         total = 0
-        for source in self._sources:
+        for name, source in self._sources.items():
+            sent = self._sent[name]
             async for doc in source.collection.find({PENDING: True}, {OUTBOX: 1}):
-                total += len(doc.get(OUTBOX, []))
+                known = sent[doc["_id"]].ids() if doc["_id"] in sent else set()
+                total += sum(1 for item in doc.get(OUTBOX, []) if item.get("id") not in known)
         return total

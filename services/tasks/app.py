@@ -3,6 +3,7 @@
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 
 import aiohttp
 from fastapi import FastAPI
@@ -20,7 +21,7 @@ from services.tasks.api import (
     install_task_error_handlers,
     router,
 )
-from services.tasks.events import outbox_relay
+from services.tasks.events import backlog_full, outbox_relay
 from services.tasks.quota import TaskQuota
 from services.tasks.reminders import ReminderScan, ReminderStore
 from services.tasks.service import TaskService
@@ -60,8 +61,8 @@ def create_app(settings: TasksSettings) -> FastAPI:
             app.state.deps = Deps(
                 tasks=TaskService(
                     store,
-                    written=relay.wake,
-                    backlog_full=lambda: relay.backlog > settings.backlog_max,
+                    written=partial(relay.wrote, store.tasks.name),
+                    backlog_full=partial(backlog_full, relay, settings),
                     quota=_quota(store, settings),
                 ),
                 verifier=verifier,

@@ -64,10 +64,14 @@ def outbox_relay(
         service="tasks",
         interval_s=settings.relay_interval_s,
         batch=settings.relay_batch,
-        linger_s=settings.relay_linger_s,
         lease_s=settings.relay_lease_s,
         backlog_every_s=settings.backlog_refresh_s,
     )
+
+
+def backlog_full(relay: OutboxRelay, settings: TasksSettings) -> bool:
+    """Whether writes must wait: too many events unpublished, or published but not cleared."""
+    return relay.backlog > settings.backlog_max or relay.uncleared > settings.uncleared_max
 
 
 async def _counted_publish(

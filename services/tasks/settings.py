@@ -33,15 +33,15 @@ class TasksSettings(ServiceSettings):
     # leases expire after relay_lease_s), so it need not rescan the collection every second.
     relay_interval_s: float = Field(default=5.0, gt=0)
     relay_batch: int = Field(default=100, ge=1)
-    # How long a woken relay waits for more writes to join its batch. bench-relay measures 0 and
-    # 50 ms in each run; 50 ms showed no steady gain here, so none is the default.
-    relay_linger_s: float = Field(default=0.0, ge=0, le=1)
     # A batch's lease only has to outlive one publish round; a relay that overruns it causes
     # duplicates, never losses (common.relay), and a dead relay's documents wait this long.
     relay_lease_s: float = Field(default=10.0, gt=0)
     # Writes are refused (503) while more events than this wait in the outboxes, so consumers do
     # not fall ever further behind; the count is the relay's, refreshed every backlog_refresh_s.
     backlog_max: int = Field(default=5000, ge=1)
+    # Writes are refused too while more published documents than this wait to be cleared: the
+    # database's rewrites, not Kafka, then limit the write rate (common.relay_clear).
+    uncleared_max: int = Field(default=2000, ge=1)
     backlog_refresh_s: float = Field(default=2.0, gt=0)
     # Load shedding: requests served at once, how many may wait for a slot and for how long.
     # Measured under 200 connections (tests/fault/test_tasks_overload.py): 16 at once serve as

@@ -28,6 +28,7 @@ from common.relay import OutboxRelay
 from common.settings import ServiceSettings
 from tests.support.infra import KAFKA_BOOTSTRAP, MONGO_URL
 from tests.support.kafka import collect_events
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 Doc = dict[str, Any]
@@ -274,6 +275,56 @@ async def test_without_the_writers_guard_published_entries_stay(db: AsyncDatabas
     doc = await db["users"].find_one({"_id": "u1"})
     assert doc is not None
     assert [e["id"] for e in doc[OUTBOX]] == ids  # published again later: a duplicate, no loss
+
+
+async def test_publication_goes_on_while_clearing_is_held_back(db: AsyncDatabase[Doc]) -> None:
+    """Published entries are remembered, not published again, while they wait to be cleared."""
+    first = await _doc_with(db["users"], "u1", 1)
+
+    @contextlib.asynccontextmanager
+    async def busy(_: Sequence[str]) -> AsyncIterator[set[str]]:
+        yield set()
+
+    publisher = Recorder()
+    source = OutboxSource(db["users"], guard=busy)
+    relay = OutboxRelay([source], publisher, db["outbox_leases"], service="test")
+    assert await relay.drain() == 1
+    late = _entry("u1")
+    await db["users"].update_one({"_id": "u1"}, push({}, late))
+    relay.wrote("users", "u1")
+
+    assert await relay.drain() == 1  # only the new entry
+
+    assert publisher.ids() == [*first, late["id"]]
+    assert (relay.uncleared, await relay.pending_events()) == (1, 0)
+    doc = await db["users"].find_one({"_id": "u1"})
+    assert doc is not None
+    assert [e["id"] for e in doc[OUTBOX]] == [*first, late["id"]]
+
+
+async def test_a_written_document_is_published_without_a_sweep(db: AsyncDatabase[Doc]) -> None:
+    publisher = Recorder()
+    relay = _relay(db, publisher, interval_s=600)
+    started = await _doc_with(db["users"], "u0", 1)
+    task = asyncio.create_task(relay.run())
+    try:
+        await eventually(lambda: started[0] in publisher.ids())  # the first sweep, at start
+        unnamed = await _doc_with(db["users"], "u2", 1)
+        named = await _doc_with(db["users"], "u1", 1)
+        relay.wrote("users", "u1")
+        await eventually(lambda: named[0] in publisher.ids())
+        after = await _doc_with(db["users"], "u3", 1)
+        relay.wrote("users", "u3")  # a later round: u1's round, sweep or not, is over
+        await eventually(lambda: after[0] in publisher.ids())
+        assert publisher.ids() == [*started, *named, *after]
+
+        relay.wake()  # a sweep finds what no writer named (another replica's, a crash's)
+        await eventually(lambda: unnamed[0] in publisher.ids())
+        assert publisher.ids() == [*started, *named, *after, *unnamed]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def test_two_relays_publish_every_event_once_in_order(db: AsyncDatabase[Doc]) -> None:

@@ -59,7 +59,7 @@ async def store(settings: TasksSettings) -> AsyncIterator[TaskStore]:
 
 
 def _service(store: TaskStore) -> TaskService:
-    return TaskService(store, written=lambda: None)
+    return TaskService(store, written=lambda _: None)
 
 
 async def _create(store: TaskStore, owner: str = "u1", **fields: Any) -> Task:

@@ -1,0 +1,111 @@
+"""Clearing what the relay published: the one per-document rewrite, done behind publication.
+
+FerretDB rewrites a document in ~10-18 ms at 1,300 documents (it finds each one again by scanning)
+while inserts stay cheap, so a relay that cleared each batch before publishing the next was capped
+at the database's rewrite rate, below the writers' insert rate (docs/bench-relay.md). The relay
+therefore publishes first and hands what it published to `Cleared`, which clears in batches at
+whatever pace the database allows; until then the relay remembers what went out and publishes it
+no more (after a crash it may publish it again: delivery is at least once, deduplicated by id).
+
+Per batch: under the writers' guards (`OutboxSource.guard`: on FerretDB an update is not isolated
+from a concurrent one), one `update_many` clears and unmarks every document all of whose entries
+went out (one `delete_many` for tombstones), a `$pullAll` only for documents partly published or
+grown since read, and documents left marked with an empty outbox (a crash between a removal and
+its unmark) are unmarked.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from common.outbox import OUTBOX, PENDING, Doc, OutboxSource
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What the relay published of one document: its outbox as read and the published prefix.
+
+    `token` is the relay lease kept until the document is cleared (None: already given up).
+    """
+
+    read: list[Doc]
+    done: list[Doc]
+    tomb: bool
+    token: str | None
+
+    @property
+    def whole(self) -> bool:
+        """Every entry read went out (or there was none): nothing left to publish."""
+        return len(self.done) == len(self.read)
+
+    def ids(self) -> set[str]:
+        """The ids of the entries published."""
+        return {str(item["id"]) for item in self.done}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Documents to clear, by id."""
+
+    sent: Mapping[str, Sent]
+
+    def only(self, ids: set[str]) -> "Batch":
+        """The part of the batch about `ids`."""
+        return Batch({d: self.sent[d] for d in sorted(ids)})
+
+
+def _unchanged(doc_id: str, read: list[Doc]) -> Doc:
+    """Matches the document while its outbox still is the (non-empty) one read."""
+    return {"_id": doc_id, OUTBOX: {"$size": len(read)}, f"{OUTBOX}.0.id": read[0]["id"]}
+
+
+async def clear(source: OutboxSource, batch: Batch) -> set[str]:
+    """Remove exactly the published entries, unmark (or delete) emptied documents; ids handled."""
+    if not batch.sent:
+        return set()
+    async with source.guard(sorted(batch.sent)) as held:
+        # Documents not held keep their entries and are cleared on a later call.
+        if held:
+            await _clear(source, batch.only(held))
+        return held
+
+
+async def _clear(source: OutboxSource, batch: Batch) -> None:
+    # Every call scans the collection even when it matches nothing (~0.1 s at 1,300
+    # documents), so only the calls this batch needs are made.
+    coll, sent = source.collection, batch.sent
+    ids = list(sent)
+    whole = [d for d in ids if sent[d].done and sent[d].whole]
+    cleared = await _clear_whole(source, whole, batch)
+    rest = [d for d in ids if sent[d].done and d not in whole]
+    if cleared < len(whole):
+        rest += whole  # some grew or shrank since read: which ones is not known, so all are asked
+    if rest:
+        # Event ids are unique, so one list removes each document's own entries only.
+        items = [item for doc_id in rest for item in sent[doc_id].done]
+        await coll.update_many({"_id": {"$in": rest}}, {"$pullAll": {OUTBOX: items}})
+    if empty_ids := [d for d in ids if not sent[d].read]:
+        # Marked with an empty outbox (a crash between a removal and its unmark) or none.
+        none_left = [{OUTBOX: {"$size": 0}}, {OUTBOX: {"$exists": False}}]
+        empty: Doc = {"_id": {"$in": empty_ids}, PENDING: True, "$or": none_left}
+        if source.tombstone is not None:
+            await coll.delete_many(empty | dict(source.tombstone))
+        await coll.update_many(empty, {"$unset": {PENDING: ""}})
+
+
+async def _clear_whole(source: OutboxSource, ids: list[str], batch: Batch) -> int:
+    """Clear and unmark (or delete) documents all of whose entries went out; how many were."""
+    count = 0
+    tombs = [d for d in ids if batch.sent[d].tomb]
+    for group in (tombs, [d for d in ids if not batch.sent[d].tomb]):
+        if not group:
+            continue
+        # Unchanged since read means all of it went out: writers only append, and entries
+        # leave only as a published prefix, so the same size and the same first entry
+        # suffice. That holds even for a relay whose lease expired while it published.
+        ors = [_unchanged(doc_id, batch.sent[doc_id].read) for doc_id in group]
+        if group is tombs:
+            count += (await source.collection.delete_many({"$or": ors})).deleted_count
+        else:
+            update = {"$set": {OUTBOX: []}, "$unset": {PENDING: ""}}
+            count += (await source.collection.update_many({"$or": ors}, update)).modified_count
+    return count
