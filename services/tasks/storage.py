@@ -5,7 +5,7 @@ Events ride in the task document (common.outbox, relayed by events.py); reminder
 reminders.py.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +19,7 @@ from pymongo.errors import AutoReconnect, DuplicateKeyError, OperationFailure
 
 from common.clock import Clock, utcnow
 from common.events import Envelope
-from common.outbox import PENDING, push, with_entries
+from common.outbox import PENDING, OutboxEntry, push, with_entries
 from services.tasks.domain import (
     PRIORITY_RANK,
     RANK_PRIORITY,
@@ -38,6 +38,10 @@ from services.tasks.locks import DocLocks, write_key
 from services.tasks.queries import NO_DUE, SORT_INDEX, list_filter, list_sort
 
 Doc = dict[str, Any]
+# Ids of the last commands applied to a task (services/tasks/commands.py): a redelivered update
+# finds its id here and has no second effect. Commands of one user arrive in order, so a
+# redelivery is never older than this many later commands to the same task.
+COMMANDS_KEPT = 32
 
 INDEXES = [
     IndexModel([("owner", ASCENDING), ("status", ASCENDING)], name="owner_status"),
@@ -105,6 +109,7 @@ class Stored:
     task: Task
     reminded_for: datetime | None
     outbox_size: int
+    commands: tuple[str, ...] = ()
 
 
 class TaskStore:
@@ -168,9 +173,15 @@ class TaskStore:
                 del existing[name]
 
     async def create(
-        self, task: Task, event: Envelope, *, idem_key: str | None, fingerprint: str
+        self,
+        task: Task,
+        event: Envelope,
+        *,
+        idem_key: str | None,
+        fingerprint: str,
+        also: Sequence[OutboxEntry] = (),
     ) -> tuple[Task, bool]:
-        """Insert the task with its created event; (task, replayed) for an Idempotency-Key retry."""
+        """Insert the task with its created event (and `also`); (task, replayed) for a retry."""
         doc = to_doc(task) | {
             "deleted": False,
             "idem": f"k:{idem_key}" if idem_key else f"id:{task.id}",
@@ -179,11 +190,11 @@ class TaskStore:
             "reminded_for": None,
         }
         try:
-            await self.tasks.insert_one(with_entries(doc, task_entry(event)))
+            await self.tasks.insert_one(with_entries(doc, task_entry(event), *also))
         except DuplicateKeyError:
             if not idem_key:
                 raise
-            first = await self.tasks.find_one({"owner": task.owner, "idem": f"k:{idem_key}"})
+            first = await self.created_by(task.owner, idem_key)
             if first is None:
                 raise
             if first["fp"] != fingerprint:
@@ -193,6 +204,10 @@ class TaskStore:
             return from_doc(first), True
         return task, False
 
+    async def created_by(self, owner: str, idem_key: str) -> Doc | None:
+        """The task (or tombstone) an Idempotency-Key created, if any (a scan on FerretDB)."""
+        return await self.tasks.find_one({"owner": owner, "idem": f"k:{idem_key}"})
+
     async def get(self, owner: str, task_id: str) -> Task:
         """The live task, or TaskNotFoundError."""
         return from_doc(await self._live(owner, task_id))
@@ -200,7 +215,8 @@ class TaskStore:
     async def load(self, owner: str, task_id: str) -> Stored:
         """The live task as read for a write, or TaskNotFoundError."""
         doc = await self._live(owner, task_id)
-        return Stored(from_doc(doc), doc["reminded_for"], len(doc["outbox"]))
+        commands = tuple(doc.get("commands", ()))
+        return Stored(from_doc(doc), doc["reminded_for"], len(doc["outbox"]), commands)
 
     async def _live(self, owner: str, task_id: str) -> Doc:
         # FerretDB 1.24 fetches by _id whatever else the filter holds; ownership is checked
@@ -210,12 +226,25 @@ class TaskStore:
             raise TaskNotFoundError(task_id)
         return doc
 
-    async def save(self, before: Stored, after: Task, event: Envelope) -> bool:
-        """Store `after` with its event unless the task changed since `before` was read."""
+    async def save(
+        self,
+        before: Stored,
+        after: Task,
+        event: Envelope,
+        *,
+        also: Sequence[OutboxEntry] = (),
+        command: str | None = None,
+    ) -> bool:
+        """Store `after` with its event (and `also`) unless the task changed since `before`.
+
+        `command` (a command's producer and id) is remembered with the change, in the same write.
+        """
         fields = to_doc(after)
         fields.pop("_id")
         fields["remind"] = wants_reminder(after, before.reminded_for)
-        return await self._write(before, {"$set": fields}, event)
+        if command is not None:
+            fields["commands"] = [*before.commands, command][-COMMANDS_KEPT:]
+        return await self._write(before, {"$set": fields}, event, *also)
 
     async def bury(self, before: Stored, event: Envelope) -> bool:
         """Make the task a tombstone holding its deleted event, unless it changed since read.
@@ -225,7 +254,9 @@ class TaskStore:
         update = {"$set": {"deleted": True, "remind": False}, "$inc": {"version": 1}}
         return await self._write(before, update, event)
 
-    async def _write(self, before: Stored, update: Doc, event: Envelope) -> bool:
+    async def _write(
+        self, before: Stored, update: Doc, event: Envelope, *also: OutboxEntry
+    ) -> bool:
         """Conditional on the version read, so a concurrent writer can never be overwritten.
 
         Also under a write lock: a holder that stalled past the lock's TTL finds a newer
@@ -235,7 +266,7 @@ class TaskStore:
             # Kafka has been down long: push back, lose nothing.
             raise BusyError(f"{before.task.id}: outbox full")
         where = {"_id": before.task.id, "version": before.task.version, "deleted": False}
-        result = await self.tasks.update_one(where, push(update, task_entry(event)))
+        result = await self.tasks.update_one(where, push(update, task_entry(event), *also))
         return result.modified_count == 1
 
     async def page(

@@ -1,0 +1,73 @@
+"""What the tasks service remembers of commands and users for the command topics (MongoDB).
+
+- `CommandLedger`: one document per command answered without a task write (a rejection, or an
+  update that changed nothing), `_id` "<producer>:<command id>", carrying its answer in an outbox
+  (common.outbox) so the answer is as reliable as the domain events. The unique `_id` insert is
+  atomic on FerretDB too: a redelivered command finds its document and is not answered twice.
+  Commands that changed a task are remembered by the task itself (storage.py).
+- `UserDirectory`: the ids of the accounts that exist, fed from `user.registered.v1` on the users
+  topic (services/tasks/command_feed.py); a command for any other user is refused.
+"""
+
+from typing import Any
+
+from cachetools import LRUCache
+from pymongo import WriteConcern
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from common.clock import Clock, utcnow
+from common.leases import insert_free
+from common.outbox import OutboxEntry, with_entries
+
+Doc = dict[str, Any]
+
+
+class CommandLedger:
+    """The commands answered without a task write, each with its answer in an outbox."""
+
+    def __init__(self, db: AsyncDatabase[Doc], clock: Clock = utcnow) -> None:
+        majority = WriteConcern(w="majority")
+        self.collection: AsyncCollection[Doc] = db.get_collection(
+            "commands", write_concern=majority
+        )
+        self._clock = clock
+
+    async def seen(self, command: str) -> bool:
+        """Whether this command was answered already (a lookup by `_id`)."""
+        return await self.collection.find_one({"_id": command}, {"_id": 1}) is not None
+
+    async def answer(self, command: str, outcome: str, answer: OutboxEntry) -> bool:
+        """Record the command with its answer; False if it was recorded before (no second one)."""
+        doc = {"_id": command, "outcome": outcome, "at": self._clock()}
+        try:
+            await self.collection.insert_one(with_entries(doc, answer))
+        except DuplicateKeyError:
+            return False
+        return True
+
+
+class UserDirectory:
+    """The user ids the users topic announced; positives are cached (accounts are not deleted)."""
+
+    def __init__(self, db: AsyncDatabase[Doc], cached: int = 100_000) -> None:
+        majority = WriteConcern(w="majority")
+        self.collection: AsyncCollection[Doc] = db.get_collection("users", write_concern=majority)
+        self._known: LRUCache[str, bool] = LRUCache(maxsize=cached)
+
+    async def add(self, user_ids: list[str]) -> None:
+        """Remember these users (idempotent: a user seen before is left as it is)."""
+        fresh = list(dict.fromkeys(u for u in user_ids if u not in self._known))
+        await insert_free(self.collection, [{"_id": u} for u in fresh])
+        for user_id in fresh:
+            self._known[user_id] = True
+
+    async def known(self, user_id: str) -> bool:
+        """Whether an account with this id exists (as far as the users topic has told)."""
+        if user_id in self._known:
+            return True
+        found = await self.collection.find_one({"_id": user_id}, {"_id": 1}) is not None
+        if found:
+            self._known[user_id] = True
+        return found

@@ -1,0 +1,256 @@
+"""Commands from event producers (issue 13): each has one effect, and every one gets an answer.
+
+A real tasks process, real Kafka and FerretDB; commands are sent with the producer helper
+(client/producer.py) and the answers read from the producer's answers topic.
+"""
+
+import json
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from pymongo import AsyncMongoClient
+
+from client.producer import CommandProducer
+from common.commands import CREATE, UPDATE, CreateTask
+from common.events import (
+    TASKS_TOPIC,
+    USERS_TOPIC,
+    Envelope,
+    UserRegistered,
+    answers_topic,
+    commands_topic,
+    new_event,
+)
+from common.kafka import ensure_topics
+from common.settings import ServiceSettings
+from common.task_models import TaskCreate, TaskPatch
+from tests.support.infra import KAFKA_BOOTSTRAP, MONGO_URL
+from tests.support.kafka import collect_events
+from tests.support.processes import ServiceProcess
+from tests.support.tasks import tasks_process
+from tests.support.tokens import SigningKey
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.e2e
+USERS = [f"user-{n}" for n in range(5)]
+
+
+async def _register(prefix: str, users: list[str]) -> None:
+    """Announce the accounts on the users topic, as auth does."""
+    settings = ServiceSettings(kafka_bootstrap=KAFKA_BOOTSTRAP, topic_prefix=f"{prefix}.")
+    await ensure_topics(settings, [USERS_TOPIC, commands_topic("stranger")])
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA_BOOTSTRAP)
+    await producer.start()
+    try:
+        for user in users:
+            payload = UserRegistered(user_id=user, email=f"{user}@example.com", name=user)
+            event = new_event(payload, source="/auth", subject=user)
+            await producer.send_and_wait(
+                settings.topic(USERS_TOPIC), event.model_dump_json().encode(), key=user.encode()
+            )
+    finally:
+        await producer.stop()
+
+
+@pytest.fixture
+async def stack(prefix: str, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    """Users announced, a producers file, and a started tasks process reading commands."""
+    policies = {
+        "crm": {"types": [CREATE, UPDATE, "task.complete.v1"], "users": "*"},
+        "ci": {"types": [CREATE], "users": [USERS[0]]},
+    }
+    producers_file = tmp_path / "producers.json"
+    producers_file.write_text(json.dumps(policies))
+    await _register(prefix, USERS)
+    key = SigningKey.generate()
+    env = {
+        "TASKS_PRODUCERS_FILE": str(producers_file),
+        "TASKS_COMMANDS_METADATA_MAX_AGE_MS": "1000",
+        "TASKS_MAX_TASKS_PER_USER": "40",
+        "TASKS_REMINDERS_ENABLED": "false",
+    }
+    tasks = tasks_process(prefix, key, **env).start()
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(MONGO_URL, tz_aware=True)
+    db = mongo[f"{prefix}_tasks"]
+    running = {"tasks": tasks, "key": key, "db": db, "prefix": prefix, "env": env}
+    try:
+        tasks.wait_ready()
+        await eventually(_all_users_known(db), what="the tasks service to know every user")
+        yield running
+    finally:
+        tasks.kill()
+        running["tasks"].kill()  # a test may have replaced it
+        await mongo.close()
+
+
+def _all_users_known(db: Any) -> Any:
+    async def check() -> bool:
+        return int(await db["users"].count_documents({})) == len(USERS)
+
+    return check
+
+
+def _topic(prefix: str, logical: str) -> str:
+    return f"{prefix}.{logical}"
+
+
+async def _answers(
+    prefix: str, producer: str, ids: set[str], within: float = 40
+) -> dict[str, Envelope]:
+    """The first answer to each command id, once every one of them has one."""
+    events = await collect_events(
+        _topic(prefix, answers_topic(producer)),
+        lambda found: ids <= {e.causationid for e in found},
+        within,
+    )
+    first: dict[str, Envelope] = {}
+    for event in events:
+        if event.causationid is not None:
+            first.setdefault(event.causationid, event)
+    return first
+
+
+async def _owned(tasks: ServiceProcess, key: SigningKey, user: str) -> list[dict[str, Any]]:
+    """The user's tasks as the user reads them through the REST API."""
+    token, _ = key.mint(user)
+    items: list[dict[str, Any]] = []
+    cursor = None
+    async with httpx.AsyncClient(
+        base_url=tasks.url, headers={"Authorization": f"Bearer {token}"}, timeout=15
+    ) as api:
+        while True:
+            params = {"limit": "100", **({"cursor": cursor} if cursor else {})}
+            page = (await api.get("/api/tasks", params=params)).json()
+            items += page["items"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                return items
+
+
+async def test_creates_resent_and_redelivered_across_a_sigkill_make_each_task_once(
+    stack: dict[str, Any],
+) -> None:
+    prefix, key = stack["prefix"], stack["key"]
+    rng = random.Random(13)
+    async with CommandProducer("crm", KAFKA_BOOTSTRAP, topic_prefix=f"{prefix}.") as crm:
+        sent = [crm.envelope(USERS[n % 5], _create(f"task {n}")) for n in range(100)]
+        for envelope in sent[:50]:
+            await crm.send(envelope)
+        # Killed while commands are still arriving: some handled, maybe uncommitted.
+        await _answers(prefix, "crm", {sent[0].id})
+        stack["tasks"].kill()
+        restarted = tasks_process(prefix, key, **stack["env"]).start()
+        stack["tasks"] = restarted
+        for envelope in sent[50:]:
+            await crm.send(envelope)
+        for envelope in rng.sample(sent, 10):  # re-sends: same command, same id
+            await crm.send(envelope)
+        restarted.wait_ready()
+        answers = await _answers(prefix, "crm", {e.id for e in sent})
+
+    assert {a.type for a in answers.values()} == {"task.created.v1"}
+    published = await collect_events(
+        _topic(prefix, TASKS_TOPIC),
+        lambda found: len({e.causationid for e in found}) >= 100,
+    )
+    # The relay delivers at least once (a kill between publish and clear repeats an event, same
+    # id); one event per command is the effect: one task each.
+    created = list({e.id: e for e in published}.values())
+    assert sorted(e.causationid or "" for e in created) == sorted(e.id for e in sent)
+    by_command = {e.causationid: e for e in created}
+    for envelope in sent:
+        task = by_command[envelope.id].data["task"]
+        assert (task["owner"], task["title"]) == (envelope.subject, envelope.data["task"]["title"])
+    for user in USERS:
+        owned = await _owned(restarted, key, user)
+        assert len(owned) == 20
+        assert {t["id"] for t in owned} == {
+            e.data["task"]["id"] for e in created if e.subject == user
+        }
+
+
+def _create(title: str) -> CreateTask:
+    return CreateTask(task=TaskCreate(title=title))
+
+
+async def test_refused_commands_get_one_rejection_each_and_the_partition_flows_on(
+    stack: dict[str, Any],
+) -> None:
+    prefix, key = stack["prefix"], stack["key"]
+    target = f"{prefix}.{commands_topic('crm')}"
+    raw = AIOKafkaProducer(bootstrap_servers=KAFKA_BOOTSTRAP)
+    await raw.start()
+    try:
+        async with (
+            CommandProducer("crm", KAFKA_BOOTSTRAP, topic_prefix=f"{prefix}.") as crm,
+            CommandProducer("ci", KAFKA_BOOTSTRAP, topic_prefix=f"{prefix}.") as ci,
+            CommandProducer("stranger", KAFKA_BOOTSTRAP, topic_prefix=f"{prefix}.") as stranger,
+        ):
+            u0, u1 = USERS[0], USERS[1]
+            schema = crm.envelope(u0, _create("ok")).model_copy(
+                update={"data": {"task": {"title": "", "colour": "red"}}}
+            )
+            refused = {
+                "invalid-command": await crm.send(schema),
+                "unknown-user": await crm.send(crm.envelope("nobody", _create("x"))),
+                "no-such-task": await crm.complete_task(u0, "0" * 24),
+            }
+            ci_refused = {
+                "not-allowed": await ci.update_task(u0, "0" * 24, TaskPatch(title="t")),
+                "not-allowed-user": await ci.create_task(u1, TaskCreate(title="x")),
+            }
+            stranger_id = await stranger.create_task(u0, TaskCreate(title="x"))
+            # Random bytes, then a command on the same partition (same key).
+            await raw.send_and_wait(target, rng_bytes(), key=u0.encode())
+            after = await crm.create_task(u0, TaskCreate(title="after the garbage"))
+            quota = [await crm.create_task(USERS[2], TaskCreate(title=f"q{n}")) for n in range(41)]
+
+            crm_answers = await _answers(prefix, "crm", {*refused.values(), after, *quota})
+            ci_answers = await _answers(prefix, "ci", set(ci_refused.values()))
+            stranger_answers = await _answers(prefix, "stranger", {stranger_id})
+            task_id = crm_answers[after].data["task"]["id"]
+            done = await crm.complete_task(u0, task_id)
+            again = await crm.complete_task(u0, task_id)
+            done_answers = await _answers(prefix, "crm", {done, again})
+    finally:
+        await raw.stop()
+
+    for kind, command_id in refused.items():
+        answer = crm_answers[command_id]
+        assert answer.type == "command.rejected.v1"
+        assert answer.data["problem"]["type"].endswith(kind)
+    assert crm_answers[refused["invalid-command"]].data["problem"]["errors"]
+    for command_id in ci_refused.values():
+        assert ci_answers[command_id].data["problem"]["status"] == 403
+    assert stranger_answers[stranger_id].data["problem"]["type"].endswith("unknown-producer")
+    assert crm_answers[after].type == "task.created.v1"
+    assert [crm_answers[q].type for q in quota].count("task.created.v1") == 40
+    last = crm_answers[quota[-1]]
+    assert last.data["problem"]["type"].endswith("task-quota-exceeded")
+    assert done_answers[done].type == "task.completed.v1"
+    assert done_answers[again].type == "task.completed.v1"  # nothing left to change: answered
+    # The garbage record got its rejection, named by where it lay.
+    everything = await collect_events(
+        _topic(prefix, answers_topic("crm")),
+        lambda found: any(e.data.get("problem", {}).get("status") == 400 for e in found),
+    )
+    garbage = [e for e in everything if e.causationid is None]
+    assert len(garbage) == 1
+    assert garbage[0].data["record"]["topic"] == target
+    assert garbage[0].data["problem"]["type"].endswith("unparseable-command")
+    # No refused command made a task: u0 has only the one made after the garbage.
+    owned = await _owned(stack["tasks"], key, USERS[0])
+    assert [(t["title"], t["status"]) for t in owned] == [("after the garbage", "done")]
+    tasks_events = await collect_events(_topic(prefix, TASKS_TOPIC), lambda found: len(found) >= 42)
+    assert [e.type for e in tasks_events if e.causationid == done] == ["task.completed.v1"]
+    assert not [e for e in tasks_events if e.causationid == again]
+
+
+def rng_bytes() -> bytes:
+    """Bytes that are no JSON document."""
+    return b"\xff\x00" + random.Random(7).randbytes(64)
