@@ -36,21 +36,24 @@ class CommandProducer:
         self.answers_topic = f"{topic_prefix}{answers_topic(name)}"
         self._bootstrap = bootstrap
         self._options = kafka_options
-        # acks=all with idempotence: an acknowledged command is on the broker, once.
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id=f"producer-{name}",
-            acks="all",
-            enable_idempotence=True,
-            **kafka_options,
-        )
+        self._producer: AIOKafkaProducer | None = None
 
     async def __aenter__(self) -> "CommandProducer":
+        # acks=all with idempotence: an acknowledged command is on the broker, once.
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=f"producer-{self.name}",
+            acks="all",
+            enable_idempotence=True,
+            **self._options,
+        )
         await self._producer.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
 
     def envelope(self, user_id: str, command: Command, command_id: str | None = None) -> Envelope:
         """The CloudEvents envelope of a command about `user_id` (a fresh id unless given)."""
@@ -68,6 +71,8 @@ class CommandProducer:
 
         Sending the same envelope again (same id) is safe: Taskbus acts on it once.
         """
+        if self._producer is None:
+            raise RuntimeError("use the producer as `async with CommandProducer(...)`")
         value = envelope.model_dump_json().encode()
         await self._producer.send_and_wait(self.commands_topic, value, key=envelope.key)
         return envelope.id

@@ -17,7 +17,14 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
 import structlog
-from pydantic import BaseModel, ConfigDict, StringConstraints, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
 from common.events import ANSWERS_PREFIX, COMMANDS_PREFIX, Envelope, Payload
 from common.task_models import TaskCreate, TaskPatch
@@ -29,8 +36,18 @@ UPDATE = "task.update.v1"
 COMPLETE = "task.complete.v1"
 SEND_NOTIFICATION = "notification.send.v1"
 PROBLEMS = "https://taskbus.dev/problems/"
-# A producer's name is one topic-name segment (and never the dead-letter topic's "dlq").
-ProducerName = Annotated[str, StringConstraints(pattern=r"^(?!dlq$)[a-z0-9][a-z0-9_-]{0,48}$")]
+
+
+def _not_dlq(name: str) -> str:
+    if name == "dlq":
+        raise ValueError("'dlq' is kept for a dead-letter topic")
+    return name
+
+
+# A producer's name is one topic-name segment, never "dlq" (kept free for a dead-letter topic).
+ProducerName = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,48}$"), AfterValidator(_not_dlq)
+]
 TaskId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{24}$")]
 
 

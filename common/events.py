@@ -20,8 +20,6 @@ NOTIFIER_DLQ_TOPIC = "taskbus.notifier.dlq"
 # on the topic proves who wrote a record; answers out on the producer's own answers topic.
 COMMANDS_PREFIX = "taskbus.commands."
 ANSWERS_PREFIX = "taskbus.answers."
-# Records on a command topic that no policy names a producer for (nobody to answer).
-COMMANDS_DLQ_TOPIC = "taskbus.commands.dlq"
 
 
 def commands_topic(producer: str) -> str:

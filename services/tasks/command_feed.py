@@ -59,7 +59,7 @@ def _consumer(settings: TasksSettings, purpose: str, **options: Any) -> AIOKafka
 
 def command_pattern(settings: TasksSettings) -> str:
     """The regular expression of every producer's (physical) command topic."""
-    return re.escape(settings.topic(COMMANDS_PREFIX)) + r"[a-z0-9][a-z0-9_-]*"
+    return re.escape(settings.topic(COMMANDS_PREFIX)) + r"(?!dlq$)[a-z0-9][a-z0-9_-]*$"
 
 
 def producer_topics(producers: Iterable[str]) -> list[str]:
