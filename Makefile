@@ -54,6 +54,10 @@ test-integration: install
 test-fault: install ## fault injection (database stopped, overload, relay backlog) against the real stack
 	$(STACK) with-infra -- $(PY) -m pytest tests/fault
 
+.PHONY: producer
+producer: ## an event producer on the local broker, its credentials printed: make producer NAME=crm [TYPES=task.create.v1,...] [USERS='*'|id,...] [ROTATE=1]
+	@$(PY) -m deploy.local.producer "$(NAME)" $(if $(TYPES),--types "$(TYPES)") $(if $(USERS),--users "$(USERS)") $(if $(ROTATE),--rotate)
+
 .PHONY: dlq-list dlq-replay
 dlq-list: ## the notifier's dead letters, one JSON line each (env as for the service)
 	@$(PY) -m services.notifier.dlq list
@@ -88,3 +92,7 @@ bench-caches: ## the gateway's token/L1 caches and the client's ETag cache, µs 
 
 .PHONY: bench
 bench: bench-jwt bench-gateway bench-tasks bench-relay bench-notifier bench-caches ## every benchmark; results under docs/
+
+.PHONY: event-schemas
+event-schemas: ## regenerate docs/events/<type>.json and docs/asyncapi.json from the models (refuses a breaking change)
+	@$(PY) -m tools.event_schemas

@@ -2,12 +2,15 @@
 
 from collections.abc import Iterable
 from functools import cache
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.security import BaseSecurity, SASLScram256, SASLScram512
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -28,6 +31,41 @@ def _prometheus_middleware() -> KafkaPrometheusMiddleware:
     )
 
 
+def kafka_options(settings: ServiceSettings) -> dict[str, Any]:
+    """The security options of every aiokafka client (producer, consumer, admin) of `settings`.
+
+    The one place credentials reach a client: each process connects as its own principal, whose
+    ACLs (common/kafka_acls.py) allow only what it does.
+    """
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    password = settings.kafka_password  # ServiceSettings requires it with SASL
+    options: dict[str, Any] = {
+        "security_protocol": protocol,
+        "sasl_mechanism": settings.kafka_sasl_mechanism,
+        "sasl_plain_username": settings.kafka_username,
+        "sasl_plain_password": password.get_secret_value() if password else None,
+    }
+    if protocol == "SASL_SSL":
+        options["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+    return options
+
+
+def _broker_security(settings: ServiceSettings) -> BaseSecurity | None:
+    """kafka_options in FastStream's terms (it also names the scheme in the AsyncAPI document)."""
+    options = kafka_options(settings)
+    if not options:
+        return None
+    scram = SASLScram512 if options["sasl_mechanism"] == "SCRAM-SHA-512" else SASLScram256
+    return scram(
+        options["sasl_plain_username"],
+        options["sasl_plain_password"],
+        ssl_context=options.get("ssl_context"),
+        use_ssl=options["security_protocol"] == "SASL_SSL",
+    )
+
+
 def make_broker(settings: ServiceSettings) -> KafkaBroker:
     """A FastStream broker whose producer never loses an acknowledged write.
 
@@ -42,6 +80,7 @@ def make_broker(settings: ServiceSettings) -> KafkaBroker:
         enable_idempotence=True,
         allow_auto_create_topics=False,
         graceful_timeout=15.0,
+        security=_broker_security(settings),
         # Trace context travels in Kafka headers; publish/consume counts go to /metrics.
         middlewares=[KafkaTelemetryMiddleware(), _prometheus_middleware()],
     )
@@ -50,7 +89,9 @@ def make_broker(settings: ServiceSettings) -> KafkaBroker:
 async def ensure_topics(settings: ServiceSettings, names: Iterable[str]) -> None:
     """Create the (prefixed) topics if missing; safe to call from every replica at start-up."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, client_id=f"{settings.service_name}-admin"
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"{settings.service_name}-admin",
+        **kafka_options(settings),
     )
     await admin.start()
     try:

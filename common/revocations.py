@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from common.clock import utcnow
 from common.events import USERS_TOPIC, Envelope, SessionsRevoked
-from common.kafka import ensure_topics
+from common.kafka import ensure_topics, kafka_options
 from common.settings import ServiceSettings
 from common.tokens import (
     MAX_ACCESS_TTL_S,
@@ -110,6 +110,7 @@ class RevocationFeed:
                 client_id=f"{self._settings.service_name}-revocations",
                 group_id=None,  # every process reads every partition; nothing is committed
                 enable_auto_commit=False,
+                **kafka_options(self._settings),
             )
             try:
                 await ensure_topics(self._settings, [USERS_TOPIC])

@@ -12,6 +12,11 @@ from pydantic_settings import (
 )
 
 Environment = Literal["dev", "test", "production"]
+KafkaProtocol = Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256"]
+# Passwords the local stack generates (deploy/local/kafka_security.py) start with this marker, so
+# a production process can tell and refuse them wherever they were copied.
+DEV_KAFKA_PASSWORD_MARKER = "taskbus-dev-"  # noqa: S105 - a marker, not a password
 
 
 class ServiceSettings(BaseSettings):
@@ -34,6 +39,14 @@ class ServiceSettings(BaseSettings):
     # Replicas of each topic a service creates: 3 on a production cluster (with the brokers'
     # min.insync.replicas=2 and the producers' acks=all an acknowledged event survives a node).
     kafka_replication_factor: int = Field(default=1, ge=1)
+    # Who this process is to the broker (its own principal, with only the ACLs it needs; see
+    # common/kafka_acls.py). SASL_SSL in production; the local stack uses SASL_PLAINTEXT.
+    kafka_security_protocol: KafkaProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: KafkaMechanism = "SCRAM-SHA-512"
+    kafka_username: str | None = None
+    kafka_password: SecretStr | None = None
+    # CA bundle that signed the brokers' certificates (SASL_SSL); the system's store if unset.
+    kafka_ssl_cafile: str | None = None
     mongo_url: str = "mongodb://127.0.0.1:27017/?directConnection=true"
     # A database that is down must fail a request well inside the gateway's upstream deadline
     # (5 s for tasks), so clients get a prompt 503 rather than a 504 or 500 by chance.
@@ -74,6 +87,23 @@ class ServiceSettings(BaseSettings):
         if value is not None and not isinstance(orjson.loads(value).get("keys"), list):
             raise ValueError("jwks_json must be a JWKS document with a 'keys' list")
         return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Refuse Kafka settings production must not run with (after each service's own checks)."""
+        sasl = self.kafka_security_protocol != "PLAINTEXT"
+        if sasl and (self.kafka_username is None or self.kafka_password is None):
+            raise ValueError(
+                "TASKBUS_KAFKA_USERNAME and TASKBUS_KAFKA_PASSWORD are required with SASL"
+            )
+        if not self.is_production:
+            return
+        if self.kafka_security_protocol != "SASL_SSL":
+            raise ValueError(
+                "production talks to Kafka over SASL_SSL only (TASKBUS_KAFKA_SECURITY_PROTOCOL)"
+            )
+        password = self.kafka_password.get_secret_value() if self.kafka_password else ""
+        if password.startswith(DEV_KAFKA_PASSWORD_MARKER) or len(password) < 16:
+            raise ValueError("refusing a generated development (or short) TASKBUS_KAFKA_PASSWORD")
 
     def static_jwks(self) -> dict[str, Any] | None:
         """The configured fixed JWKS, if any."""

@@ -4,9 +4,19 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from deploy.local.kafka_security import (
+    Credentials,
+    credentials_path,
+    format_scram,
+    load_credentials,
+    producers_path,
+    secure_properties,
+)
 from deploy.local.probes import (
     HealthCheck,
     check_kafka,
@@ -48,11 +58,17 @@ def kafka_cluster_id(cache_dir: Path) -> str:
     return out.strip().splitlines()[-1]
 
 
-def format_kafka(cache_dir: Path, properties: Path, cluster_id: str) -> None:
-    """Format a log dir: `--standalone` unless the config names static quorum voters."""
+def format_kafka(
+    cache_dir: Path, properties: Path, cluster_id: str, scram: Sequence[str] = ()
+) -> None:
+    """Format a log dir: `--standalone` unless the config names static quorum voters.
+
+    `scram` adds SCRAM users (`SCRAM-SHA-512=[name=..,password=..]`) to the new metadata log.
+    """
     static = "controller.quorum.voters=" in properties.read_text()
     quorum = [] if static else ["--standalone"]
-    args = ["format", "-t", cluster_id, *quorum, "-c", str(properties)]
+    users = [arg for user in scram for arg in ("--add-scram", user)]
+    args = ["format", "-t", cluster_id, *quorum, *users, "-c", str(properties)]
     tool = kafka_java(cache_dir, "kafka.tools.StorageTool", *args)
     subprocess.run(tool, capture_output=True, text=True, check=True)
 
@@ -138,9 +154,15 @@ class Stack:
         return self.state_dir / "kafka" / f"server-{self.kafka_port}.properties"
 
     @property
+    def kafka_credentials(self) -> Credentials | None:
+        """The broker's SCRAM users, or None: the broker runs without SASL (see kafka_security)."""
+        return load_credentials(credentials_path(self.state_dir))
+
+    @property
     def kafka_data(self) -> Path:
-        """Kafka's log dir (formatted on first start)."""
-        return self.state_dir / "kafka" / f"data-{self.kafka_port}"
+        """Kafka's log dir (formatted on first start); one formatted with SCRAM users is apart."""
+        kind = "sasl" if self.kafka_credentials else "data"
+        return self.state_dir / "kafka" / f"{kind}-{self.kafka_port}"
 
     def prepare(self) -> None:
         """Create directories, render the Kafka config and format its storage the first time."""
@@ -152,8 +174,14 @@ class Stack:
         render_kafka_properties(
             self.kafka_properties, self.kafka_port, self.kafka_controller_port, self.kafka_data
         )
+        credentials = self.kafka_credentials
+        if credentials:
+            ports = (self.kafka_port, self.kafka_controller_port)
+            secure_properties(self.kafka_properties, credentials, *ports)
         if not (self.kafka_data / "meta.properties").exists():
-            format_kafka(self.cache_dir, self.kafka_properties, kafka_cluster_id(self.cache_dir))
+            scram = format_scram(credentials) if credentials else []
+            cluster_id = kafka_cluster_id(self.cache_dir)
+            format_kafka(self.cache_dir, self.kafka_properties, cluster_id, scram)
 
     def kafka_command(self) -> list[str]:
         """The broker's command line (heap capped: two cores and 24 GiB are shared)."""
@@ -179,9 +207,13 @@ class Stack:
             f"serverurl=unix://{self.socket}",
             "",
         ]
+        credentials = self.kafka_credentials
         for part in self.all_parts:
             command = self.kafka_command() if part.name == "kafka" else part.command
-            env = ",".join(f'{k}="{v}"' for k, v in sorted(part.env.items()))
+            values = dict(part.env)
+            if credentials and part.group == "app":
+                values |= credentials.service_env(part.name)
+            env = ",".join(f'{k}="{v}"' for k, v in sorted(values.items()))
             lines += [
                 f"[program:{part.name}]",
                 "command=" + " ".join(_quote(arg) for arg in command),
@@ -203,6 +235,9 @@ class Stack:
             lines.append("")
         for group, parts in (("infra", self.infra), ("app", self.apps)):
             lines += [f"[group:{group}]", "programs=" + ",".join(p.name for p in parts), ""]
+        # It holds the services' Kafka passwords: readable by its owner only.
+        self.supervisor_conf.touch(mode=0o600)
+        self.supervisor_conf.chmod(0o600)
         self.supervisor_conf.write_text("\n".join(lines))
 
 
@@ -280,6 +315,8 @@ def service_env(state: Path) -> dict[str, str]:
         "GATEWAY_TASKS_URL": url["tasks"],
         "GATEWAY_NOTIFIER_URL": url["notifier"],
         "GATEWAY_METRICS_PORT": str(ENDPOINTS["gateway-metrics"].port),
+        # What each producer may send (make producer writes it, the tasks service reads it).
+        "TASKS_PRODUCERS_FILE": str(producers_path(state)),
     }
 
 
@@ -315,11 +352,17 @@ def _infra(state: Path, cache: Path) -> list[Part]:
     sink = [sys.executable, "-m", "deploy.local.mailsink", "--port", str(smtp)]
     sink += ["--dir", str(state / "mail")]
     return [
-        _infra_part("kafka", [], lambda: check_kafka(url["kafka"])),
+        _infra_part("kafka", [], lambda: check_kafka(url["kafka"], _admin_options(state))),
         _infra_part("ferretdb", ferretdb, lambda: check_mongo(url["ferretdb"])),
         _infra_part("redis", redis_server, lambda: check_redis(url["redis"])),
         _infra_part("mailsink", sink, lambda: check_smtp(smtp)),
     ]
+
+
+def _admin_options(state: Path) -> dict[str, Any]:
+    # Read at each check: `up` may create the credentials after the stack was loaded.
+    credentials = load_credentials(credentials_path(state))
+    return credentials.admin_options() if credentials else {}
 
 
 def _app(name: str, env: dict[str, str]) -> Part:

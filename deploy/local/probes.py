@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from aiokafka.admin import AIOKafkaAdminClient
@@ -14,8 +15,11 @@ CHECK_TIMEOUT_S = 3.0
 HealthCheck = Callable[[], Awaitable[None]]
 
 
-async def check_kafka(bootstrap: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+async def check_kafka(bootstrap: str, options: dict[str, Any] | None = None) -> None:
+    """The broker answers a metadata request (as the super user once SASL is on)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=2000, **(options or {})
+    )
     await admin.start()
     try:
         await admin.list_topics()

@@ -14,6 +14,7 @@ a real protocol check (Kafka metadata, Mongo ping, Redis PING, SMTP greeting, HT
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import shlex
@@ -23,6 +24,12 @@ import sys
 import time
 from pathlib import Path
 
+from deploy.local.kafka_security import (
+    apply_principals,
+    create_credentials,
+    credentials_path,
+    producers_path,
+)
 from deploy.local.parts import Part, Stack, load_stack
 from deploy.local.probes import part_healthy
 
@@ -152,13 +159,48 @@ def up(stack: Stack, *, infra_only: bool, apps_only: bool = False) -> bool:
     started_supervisor = _supervisord_pid(stack) is None
     states = _states(stack)
     _check_ports_free([p for _, parts, _ in groups for p in parts], states)
+    if not apps_only and states.get("kafka") not in ("RUNNING", "STARTING"):
+        _ensure_credentials(stack)
     stack.prepare()
     _start_supervisord(stack)
+    if apps_only:
+        _apply_principals(stack)
     for group, parts, timeout in groups:
         print(f"starting {group}: {', '.join(p.name for p in parts)}")
         _ctl(stack, "start", f"{group}:*")
         asyncio.run(_wait_healthy(stack, parts, timeout))
+        if group == "infra":
+            _apply_principals(stack)
     return started_supervisor
+
+
+def _ensure_credentials(stack: Stack) -> None:
+    """Generate the Kafka credentials before the broker's first start here (SASL from then on).
+
+    Only when this stack starts the broker: one already running without SASL keeps its clients.
+    """
+    path = credentials_path(stack.state_dir)
+    if not path.exists():
+        create_credentials(path)
+        print(f"kafka: generated SASL/SCRAM credentials in {path} (mode 0600)")
+
+
+def _apply_principals(stack: Stack) -> None:
+    """Every service's SCRAM user and ACLs (and the known producers'), for the topic prefix in
+    effect (TASKBUS_TOPIC_PREFIX: tests and second stacks share a broker under a prefix)."""
+    credentials = stack.kafka_credentials
+    if credentials is None:
+        return
+    prefix = os.environ.get("TASKBUS_TOPIC_PREFIX", "")
+    producers = _producer_names(stack)
+    bootstrap = f"127.0.0.1:{stack.kafka_port}"
+    asyncio.run(apply_principals(bootstrap, credentials, {"", prefix}, producers))
+
+
+def _producer_names(stack: Stack) -> list[str]:
+    path = producers_path(stack.state_dir)
+    names: list[str] = list(json.loads(path.read_text())) if path.exists() else []
+    return names
 
 
 def down(stack: Stack) -> None:

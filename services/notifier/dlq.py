@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from common.events import NOTIFIER_DLQ_TOPIC
-from common.kafka import ensure_topics, make_broker
+from common.kafka import ensure_topics, kafka_options, make_broker
 from services.notifier.events import (
     H_ATTEMPT,
     H_DLQ_AT,
@@ -88,6 +88,7 @@ class DeadLetters:
             group_id=group_id(settings, "dlq-replay"),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **kafka_options(settings),
         )
 
     async def read(self) -> tuple[list[DeadLetter], dict[int, int]]:
@@ -114,7 +115,9 @@ class DeadLetters:
         return letters, marks
 
     async def _partitions(self) -> list[int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.settings.kafka_bootstrap, **kafka_options(self.settings)
+        )
         await admin.start()
         try:
             [described] = await admin.describe_topics([self.topic])

@@ -33,6 +33,7 @@ from tests.support.auth import (
 )
 from tests.support.infra import MONGO_URL, free_port, infra_env
 from tests.support.kafka import collect_events
+from tests.support.kafka_auth import PRODUCTION_KAFKA_ENV
 from tests.support.processes import ServiceProcess
 from tests.support.tokens import AUDIENCE, ISSUER
 from tests.support.waiting import eventually
@@ -580,6 +581,7 @@ def test_production_without_signing_keys_refuses_to_start(tmp_path: Any) -> None
         **infra_env(PREFIX),
         "AUTH_PORT": str(port),
         "TASKBUS_ENVIRONMENT": "production",
+        **PRODUCTION_KAFKA_ENV,
     }
     proc = ServiceProcess("services.auth", port, env, tmp_path / "auth.log").start()
     try:

@@ -14,6 +14,7 @@ from common.revocations import KEEP_MS, RevocationFeed, RevocationList, now_ms
 from common.settings import ServiceSettings
 from common.tokens import AccessClaims, RevocationsUnknownError
 from tests.support.infra import KAFKA_BOOTSTRAP
+from tests.support.kafka_auth import client_options
 from tests.support.waiting import eventually
 
 
@@ -42,7 +43,7 @@ def _logout_all(user: str) -> bytes:
 
 @pytest.fixture
 async def producer() -> AsyncIterator[AIOKafkaProducer]:
-    kafka = AIOKafkaProducer(bootstrap_servers=KAFKA_BOOTSTRAP, acks="all")
+    kafka = AIOKafkaProducer(bootstrap_servers=KAFKA_BOOTSTRAP, acks="all", **client_options())
     await kafka.start()
     try:
         yield kafka

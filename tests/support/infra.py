@@ -5,6 +5,8 @@ import socket
 import time
 from pathlib import Path
 
+from tests.support.kafka_auth import observer_env, stack_credentials
+
 ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = Path(os.environ.get("TASKBUS_STATE_DIR", ROOT / "var"))
 KAFKA_BOOTSTRAP = f"127.0.0.1:{os.environ.get('TASKBUS_KAFKA_PORT', '9092')}"
@@ -14,6 +16,10 @@ MONGO_URL = (
 REDIS_URL = f"redis://127.0.0.1:{os.environ.get('TASKBUS_REDIS_PORT', '6379')}/0"
 SMTP_PORT = int(os.environ.get("TASKBUS_SMTP_PORT", "1025"))
 MAIL_DIR = STATE_DIR / "mail"
+# With SASL on the shared broker, every ServiceSettings() a test makes and every process it starts
+# connects as the stack's super user unless given a principal of its own (tests/support/kafka_auth).
+KAFKA_CREDENTIALS = stack_credentials(STATE_DIR)
+os.environ.update(observer_env(KAFKA_CREDENTIALS))
 
 
 def free_port() -> int:

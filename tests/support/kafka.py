@@ -8,6 +8,7 @@ from aiokafka import AIOKafkaConsumer
 
 from common.events import Envelope
 from tests.support.infra import KAFKA_BOOTSTRAP
+from tests.support.kafka_auth import client_options
 
 Record = tuple[bytes, dict[str, str]]  # value, headers
 
@@ -22,6 +23,7 @@ async def read_records(
         group_id=f"test-{uuid.uuid4().hex}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **client_options(),
     )
     await consumer.start()
     found: list[Record] = []

@@ -8,13 +8,15 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from deploy.local.kafka_security import format_scram, secure_properties
 from deploy.local.parts import (
     format_kafka,
     kafka_cluster_id,
     kafka_command,
     render_kafka_properties,
 )
-from tests.support.infra import STATE_DIR, free_port, wait_listening
+from tests.support.infra import KAFKA_CREDENTIALS, STATE_DIR, free_port, wait_listening
+from tests.support.kafka_auth import client_options
 from tests.support.waiting import eventually
 
 HEAP = "-Xmx512m"  # several JVMs share two cores and 24 GiB with the rest of the stack
@@ -97,7 +99,13 @@ class KafkaCluster:
                     {**static, **_replicated(size)},
                     drop=("controller.quorum.bootstrap.servers",),
                 )
-            format_kafka(STATE_DIR, node.properties, cluster_id)
+            # With SASL on the shared broker, a private one has the same super user (and ACLs on).
+            scram: list[str] = []
+            if KAFKA_CREDENTIALS is not None:
+                ports = (node.port, node.controller_port)
+                secure_properties(node.properties, KAFKA_CREDENTIALS, *ports)
+                scram = format_scram(KAFKA_CREDENTIALS)
+            format_kafka(STATE_DIR, node.properties, cluster_id, scram)
 
     async def start(self, within: float = 90.0) -> "KafkaCluster":
         """Start every node; return once all of them are brokers of the cluster."""
@@ -121,7 +129,9 @@ class KafkaCluster:
 
     async def live_brokers(self) -> list[int]:
         """Node ids the cluster's metadata lists as brokers right now."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap, request_timeout_ms=3000, **client_options()
+        )
         await admin.start()
         try:
             cluster = await admin.describe_cluster()
@@ -131,7 +141,9 @@ class KafkaCluster:
 
     async def replicas(self, topic: str) -> dict[int, tuple[int, list[int]]]:
         """Partition -> (leader, replicas) of `topic`."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap, request_timeout_ms=3000, **client_options()
+        )
         await admin.start()
         try:
             [described] = await admin.describe_topics([topic])

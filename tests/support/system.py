@@ -6,7 +6,8 @@ from contextlib import asynccontextmanager
 
 from services.auth.keys import generate_key
 from tests.support.auth import signing_keys_env
-from tests.support.infra import STATE_DIR, free_port, infra_env
+from tests.support.infra import KAFKA_CREDENTIALS, STATE_DIR, free_port, infra_env
+from tests.support.kafka_auth import grant_services, service_env
 from tests.support.processes import MODULES, ServiceProcess
 
 
@@ -34,8 +35,12 @@ async def running_system(
         "GATEWAY_NOTIFIER_URL": url["notifier"],
         **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
         "GATEWAY_METRICS_PORT": str(free_port()),
+        # Each service as its own principal, with its ACLs for this prefix (SASL on).
+        **service_env(KAFKA_CREDENTIALS, names),
         **extra_env,
     }
+    # On the shared broker or a test's private one (same super user: tests/support/kafka_broker).
+    await grant_services(KAFKA_CREDENTIALS, env["TASKBUS_KAFKA_BOOTSTRAP"], f"{prefix}.")
     logs = STATE_DIR / "log" / "tests"
     procs = {
         name: ServiceProcess(MODULES[name], ports[name], env, logs / f"{prefix}-{name}.log")

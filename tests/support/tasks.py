@@ -8,6 +8,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from common.events import Envelope
 from tests.support.infra import KAFKA_BOOTSTRAP, STATE_DIR, free_port, infra_env
+from tests.support.kafka_auth import client_options
 from tests.support.processes import ServiceProcess
 from tests.support.tokens import SigningKey
 
@@ -41,6 +42,7 @@ async def read_topic(topic: str, bootstrap: str = KAFKA_BOOTSTRAP) -> list[Envel
         bootstrap_servers=bootstrap,
         group_id=f"test-{uuid.uuid4().hex}",
         enable_auto_commit=False,
+        **client_options(),
     )
     await consumer.start()
     try:

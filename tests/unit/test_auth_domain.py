@@ -24,6 +24,7 @@ from services.auth.domain import (
 from services.auth.keys import SigningKey, generate_key, parse_key_ring
 from services.auth.settings import AuthSettings
 from tests.support.auth import signing_keys_env
+from tests.support.kafka_auth import PRODUCTION_KAFKA
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 OWASP = {"memory_kib": 19456, "time_cost": 2, "parallelism": 1, "concurrency": 2}
@@ -182,11 +183,14 @@ def test_duplicate_kids_are_refused() -> None:
 
 def test_production_refuses_to_start_without_signing_keys() -> None:
     with pytest.raises(ValidationError, match="AUTH_SIGNING_KEYS"):
-        AuthSettings(environment="production")
+        AuthSettings(environment="production", **PRODUCTION_KAFKA)
     keys = SecretStr(signing_keys_env(generate_key()))
     with pytest.raises(ValidationError, match="TASKBUS_RESET_SEAL_KEY"):
-        AuthSettings(environment="production", signing_keys=keys)
-    AuthSettings(environment="production", signing_keys=keys, reset_seal_key=SecretStr("r" * 40))
+        AuthSettings(environment="production", signing_keys=keys, **PRODUCTION_KAFKA)
+    seal = SecretStr("r" * 40)
+    AuthSettings(
+        environment="production", signing_keys=keys, reset_seal_key=seal, **PRODUCTION_KAFKA
+    )
 
 
 def test_argon2_parameters_below_owasp_are_refused() -> None:

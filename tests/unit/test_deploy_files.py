@@ -23,6 +23,7 @@ COMPOSE_SCHEMA = (
     ROOT / "var" / "schemas" / "compose-spec.json"
 )  # fetched by deploy/local/install.sh
 K8S_VERSION = "1.33"
+KAFKA_CLIENTS = ("AUTH", "TASKS", "NOTIFIER", "GATEWAY")  # each service's env prefix
 SERVICES = {
     "gateway": "gateway",
     "auth": "services.auth",
@@ -93,6 +94,7 @@ def _k8s_env(*, with_secrets: bool) -> dict[str, str]:
             "AUTH_SIGNING_KEYS": signing_keys_env(generate_key("k8s")),
             "TASKS_CURSOR_SECRET": "c" * 40,
             "TASKBUS_RESET_SEAL_KEY": "r" * 40,
+            **{f"{s}_KAFKA_PASSWORD": f"{s.lower()}-kafka-password" for s in KAFKA_CLIENTS},
         }
         env |= {k: filled.get(k, "secret-value") for k in docs["secret"]["stringData"]}
     return env
@@ -112,11 +114,23 @@ def test_kubernetes_production_config_satisfies_every_service(
         monkeypatch.setenv(key, value)
     _load_all_settings()
     assert TasksSettings().is_production
+    # Every service talks to Kafka over SASL_SSL as its own principal.
+    for settings in (AuthSettings(), TasksSettings(), NotifierSettings(), GatewaySettings()):
+        assert settings.kafka_security_protocol == "SASL_SSL"
+        assert settings.kafka_username == f"svc-{settings.service_name}"
 
 
 def test_kubernetes_config_without_secrets_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in _k8s_env(with_secrets=False).items():
         monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match="TASKBUS_KAFKA_PASSWORD are required"):
+        GatewaySettings()
+    for service in KAFKA_CLIENTS:
+        monkeypatch.setenv(f"{service}_KAFKA_PASSWORD", "taskbus-dev-generated-locally")
+    with pytest.raises(ValueError, match="generated development"):
+        GatewaySettings()
+    for service in KAFKA_CLIENTS:
+        monkeypatch.setenv(f"{service}_KAFKA_PASSWORD", "a-long-enough-kafka-password")
     with pytest.raises(ValueError, match="AUTH_SIGNING_KEYS"):
         AuthSettings()
     with pytest.raises(ValueError, match="TASKS_CURSOR_SECRET"):

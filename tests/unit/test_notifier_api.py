@@ -14,6 +14,7 @@ from common.tokens import JwksCache, KeysUnavailableError, TokenVerifier
 from services.notifier.api import MAX_BODY_BYTES, router
 from services.notifier.domain import Preferences
 from services.notifier.settings import NotifierSettings
+from tests.support.kafka_auth import PRODUCTION_KAFKA
 from tests.support.tokens import AUDIENCE, ISSUER, SigningKey
 
 KEY = SigningKey.generate()
@@ -132,17 +133,23 @@ async def test_an_unreachable_key_set_answers_503_not_401() -> None:
 
 def test_settings_refuse_dev_defaults_in_production() -> None:
     with pytest.raises(ValidationError, match="NOTIFIER_RESET_URL_TEMPLATE"):
-        NotifierSettings(environment="production")
+        NotifierSettings(environment="production", **PRODUCTION_KAFKA)
     with pytest.raises(ValidationError, match="NOTIFIER_MAIL_FROM"):
-        NotifierSettings(environment="production", reset_url_template="https://app.io/r?t={token}")
+        NotifierSettings(
+            environment="production",
+            reset_url_template="https://app.io/r?t={token}",
+            **PRODUCTION_KAFKA,
+        )
     with pytest.raises(ValidationError, match="plain SMTP"):
         NotifierSettings(
+            **PRODUCTION_KAFKA,
             environment="production",
             reset_url_template="https://app.io/r?t={token}",
             mail_from="Taskbus <no-reply@app.io>",
             smtp_host="relay.example",
         )
     fine = {
+        **PRODUCTION_KAFKA,
         "environment": "production",
         "reset_url_template": "https://app.io/r?t={token}",
         "mail_from": "Taskbus <no-reply@app.io>",

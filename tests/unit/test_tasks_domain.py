@@ -4,7 +4,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from common.events import TaskCompleted, TaskUpdated
 from common.task_models import TaskCreate, TaskPatch
@@ -23,6 +23,7 @@ from services.tasks.domain import (
     wants_reminder,
 )
 from services.tasks.settings import TasksSettings
+from tests.support.kafka_auth import PRODUCTION_KAFKA
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 SECRET = b"k" * 32
@@ -171,8 +172,11 @@ def test_priority_cursor_keeps_integer_positions() -> None:
 
 def test_production_refuses_the_dev_cursor_secret() -> None:
     with pytest.raises(ValidationError, match="CURSOR_SECRET"):
-        TasksSettings(environment="production")
-    assert TasksSettings(environment="production", cursor_secret="s" * 32).is_production  # type: ignore[arg-type]
+        TasksSettings(environment="production", **PRODUCTION_KAFKA)
+    secret = SecretStr("s" * 32)
+    assert TasksSettings(
+        environment="production", cursor_secret=secret, **PRODUCTION_KAFKA
+    ).is_production
 
 
 def test_static_jwks_setting_must_be_a_key_set() -> None:
