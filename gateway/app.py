@@ -2,11 +2,8 @@
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 import aiohttp
-from faststream.kafka import KafkaBroker
-from faststream.specification import AsyncAPI
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -14,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from common.asyncapi import document as asyncapi_document
 from common.events import TASKS_TOPIC, USERS_TOPIC
 from common.health import Check, health_routes
 from common.infra import open_broker, open_redis, ping_kafka, ping_redis
@@ -110,7 +108,9 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
                 name: f"{url}/openapi.json"
                 for name, (url, _) in settings.upstream_options().items()
             }
-            parts.docs = ApiDocs(session, sources, settings.docs_cache_s, lambda: asyncapi(broker))
+            # Every topic Taskbus reads or writes, not just the gateway's own subscriptions.
+            events_doc = asyncapi_document(settings)
+            parts.docs = ApiDocs(session, sources, settings.docs_cache_s, lambda: events_doc)
             checks["redis"] = lambda: ping_redis(redis)
             checks["kafka"] = lambda: ping_kafka(broker)
             try:
@@ -159,9 +159,3 @@ def build_pipeline(
         upstreams=Upstreams(session, settings.upstream_options(), settings.connect_timeout_s),
         metrics=metrics,
     )
-
-
-def asyncapi(broker: KafkaBroker) -> Any:
-    """The AsyncAPI 3.0 document of the gateway's subscriptions."""
-    spec = AsyncAPI(broker, title="Taskbus gateway events", version="1", schema_version="3.0.0")
-    return spec.to_specification().to_jsonable()

@@ -82,3 +82,17 @@ if [ ! -f "$VAR/schemas/compose-spec.json" ]; then
   dir=$(go mod download -json "$COMPOSE_GO" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
   mkdir -p "$VAR/schemas" && cp "$dir/schema/compose-spec.json" "$VAR/schemas/compose-spec.json"
 fi
+
+# The AsyncAPI parser (npm, pinned by deploy/local/asyncapi/package-lock.json): the tests validate
+# the AsyncAPI document common/asyncapi.py generates with it. Install scripts are not run.
+ASYNCAPI_SRC=deploy/local/asyncapi
+asyncapi_stamp="$VAR/asyncapi/.lock-$(sha256sum "$ASYNCAPI_SRC/package-lock.json" | cut -c1-16)"
+if [ ! -f "$asyncapi_stamp" ]; then
+  need npm "the AsyncAPI parser comes from the npm registry"
+  say "asyncapi parser: installing with npm (first time only)"
+  rm -rf "$VAR/asyncapi" && mkdir -p "$VAR/asyncapi"
+  cp "$ASYNCAPI_SRC/package.json" "$ASYNCAPI_SRC/package-lock.json" "$VAR/asyncapi/"
+  npm ci --prefix "$VAR/asyncapi" --ignore-scripts --no-audit --no-fund >"$VAR/log/install-asyncapi.log" 2>&1 \
+    || { echo "install: npm could not install the AsyncAPI parser; see $VAR/log/install-asyncapi.log" >&2; exit 1; }
+  touch "$asyncapi_stamp"
+fi

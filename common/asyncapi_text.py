@@ -1,0 +1,86 @@
+"""The prose and the header tables of the AsyncAPI document (common/asyncapi.py builds the rest)."""
+
+from typing import Any
+
+# Topics keep the broker's retention (log.retention.hours=168 in the local broker; the services
+# create their topics without overriding it).
+RETENTION_MS = 7 * 24 * 3600 * 1000
+
+DESCRIPTION = """\
+Every Kafka topic Taskbus reads or writes, generated from the pydantic models that validate the
+records (`common/asyncapi.py`); the JSON Schema of each type is also committed under
+`docs/events/<type>.json`.
+
+**Envelope.** Every value is a CloudEvents 1.0 structured JSON envelope (`specversion`, `id`,
+`source`, `type`, `time`, `subject`, `datacontenttype`, `data`, and the extensions `traceparent`
+and `causationid`). `type` is versioned (`task.created.v1`): a change that is not backward
+compatible is a new type, published side by side with the old one, never a change of an
+existing type (a test compares the models with `docs/events/`). The payload models forbid
+unknown fields, so even an added optional field makes a new version.
+
+**Key and ordering.** The record key is the id of the user the event concerns (the envelope's
+`subject`). One user's records land on one partition and are read in the order written; there is
+no order across users.
+
+**Delivery.** At least once: producers use `acks=all` with idempotence, outbox relays may
+publish an event again after a crash, consumers commit only after handling. Consumers are
+idempotent by the envelope `id` (the notifier's delivery ledger, the gateway's idempotent
+cache generations), so a redelivered record has one effect.
+
+**Retention.** Topics keep records for 7 days (`retention.ms`, `cleanup.policy=delete`); a
+consumer group that is away longer misses records.
+
+**Topic names.** A deployment may prefix every topic (`TASKBUS_TOPIC_PREFIX`); the addresses
+below carry this deployment's prefix.
+"""
+
+SECURITY: dict[str, Any] = {
+    "type": "scramSha512",
+    "description": (
+        "SASL SCRAM-SHA-512 (SASL_SSL in production). Every Taskbus service is its own "
+        "principal, allowed by the broker's StandardAuthorizer ACLs only the topics and groups "
+        "it uses. An event producer is a principal too (`make producer NAME=crm` prints its "
+        "credentials): a prefixed ACL lets it write only taskbus.commands.<name> and read only "
+        "taskbus.answers.<name>, so the topic a command arrives on proves who sent it."
+    ),
+}
+
+# What common.kafka.publish puts on every record: its own two, FastStream's content-type and
+# correlation_id, and the W3C trace context from FastStream's telemetry middleware.
+RECORD_HEADERS = {
+    "ce_type": "The CloudEvents type, to route or skip a record without parsing its value.",
+    "ce_id": "The CloudEvents id (the envelope's `id`).",
+    "traceparent": "W3C trace context of the publishing span; its parent is the request that "
+    "caused the event.",
+    "tracestate": "W3C trace state, when the trace carries one.",
+    "content-type": "Always application/json.",
+    "correlation_id": "FastStream's own id of the record (not the CloudEvents id).",
+}
+
+# services/notifier/events.py and dlq.py (a unit test checks the names match).
+RETRY_HEADERS = {
+    "x-attempt": "The attempt this record is for (2 in tier 1).",
+    "x-not-before-ms": "Epoch milliseconds before which the record is not attempted.",
+    "x-error": "Why the previous attempt failed.",
+    "x-origin-topic": "The topic the record was first read from.",
+    "x-replayed-from": "partition:offset of the dead letter a replay re-queued.",
+}
+DLQ_HEADERS = {
+    "x-dlq-reason": "The error class: PermanentError, PoisonMessageError, RetriesExhausted, ...",
+    "x-error": "The error message.",
+    "x-dlq-attempts": "How many attempts were made.",
+    "x-origin-topic": "The topic the record was first read from.",
+    "x-dlq-at": "Epoch milliseconds when it was dead-lettered.",
+}
+
+TIER_PARAMETER: dict[str, Any] = {
+    "description": "The retry tier, 1 to NOTIFIER_RETRY_TIERS (4 by default): tier n holds "
+    "records waiting retry_base_delay_s * retry_factor**(n-1) seconds (+/- jitter).",
+    "default": "1",
+}
+
+PRODUCER_PARAMETER: dict[str, Any] = {
+    "description": "The producer's name, as `make producer NAME=<name>` created it: one topic-name "
+    "segment of lower-case letters, digits, - and _ (never dlq).",
+    "examples": ["crm"],
+}
