@@ -1,18 +1,21 @@
 """Composition root of the tasks service."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
+from typing import Any
 
 import aiohttp
 from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
 
 from common.events import TASKS_TOPIC
 from common.health import Check, health_routes
 from common.infra import open_mongo, open_producer, ping_mongo
 from common.limits import BodyLimit
 from common.problems import install_problem_handlers
+from common.relay import OutboxRelay
 from common.revocations import RevocationFeed, RevocationList
 from common.tokens import TokenVerifier, jwks_source
 from common.unavailable import LoadShedder, install_failure_handlers
@@ -21,6 +24,7 @@ from services.tasks.api import (
     install_task_error_handlers,
     router,
 )
+from services.tasks.command_feed import command_loops
 from services.tasks.events import backlog_full, outbox_relay
 from services.tasks.quota import TaskQuota
 from services.tasks.reminders import ReminderScan, ReminderStore
@@ -52,6 +56,7 @@ def create_app(settings: TasksSettings) -> FastAPI:
             )
             await store.ensure_indexes()
             relay = outbox_relay(store.tasks, store.locks, broker, settings)
+            quota = _quota(store, settings)
             revocations = RevocationList()
             verifier = TokenVerifier(
                 jwks_source(settings.static_jwks(), http, settings.jwks_url),
@@ -63,22 +68,21 @@ def create_app(settings: TasksSettings) -> FastAPI:
                     store,
                     written=partial(relay.wrote, store.tasks.name),
                     backlog_full=partial(backlog_full, relay, settings),
-                    quota=_quota(store, settings),
+                    quota=quota,
                 ),
                 verifier=verifier,
                 revocations=revocations,
                 cursor_secret=settings.cursor_secret.get_secret_value().encode(),
             )
             # Stopped before the broker closes (exit stack order), so nothing publishes late.
-            # Relay leases use lock documents even when write locks are off: always swept.
-            feed = RevocationFeed(settings, revocations)
-            loops = [store.locks.sweep_forever(), relay.watch_backlog(), feed.run()]
-            if settings.relay_enabled:
-                loops.append(relay.run())
-            if settings.reminders_enabled:
-                reminders = ReminderStore(store.tasks, store.locks, wait_s=settings.lock_wait_s)
-                loops.append(ReminderScan(reminders, settings, relay).run())
-            for loop in loops:
+            for loop in _loops(
+                settings,
+                store=store,
+                broker=broker,
+                relay=relay,
+                revocations=revocations,
+                quota=quota,
+            ):
                 stack.push_async_callback(_stop, asyncio.create_task(loop))
             # Not Kafka: writes go to the outbox and the relay catches up after a broker outage.
             checks["mongo"] = lambda: ping_mongo(mongo)
@@ -94,6 +98,29 @@ def create_app(settings: TasksSettings) -> FastAPI:
     app.router.routes.extend(health_routes(lambda: checks))
     _add_middleware(app, settings)
     return app
+
+
+def _loops(
+    settings: TasksSettings,
+    *,
+    store: TaskStore,
+    broker: KafkaBroker,
+    relay: OutboxRelay,
+    revocations: RevocationList,
+    quota: TaskQuota,
+) -> list[Coroutine[Any, Any, None]]:
+    """The process's background loops."""
+    # Relay leases use lock documents even when write locks are off: always swept.
+    feed = RevocationFeed(settings, revocations)
+    loops = [store.locks.sweep_forever(), relay.watch_backlog(), feed.run()]
+    if settings.relay_enabled:
+        loops.append(relay.run())
+    if settings.commands_enabled:
+        loops.extend(command_loops(store, broker, settings, relay, quota))
+    if settings.reminders_enabled:
+        reminders = ReminderStore(store.tasks, store.locks, wait_s=settings.lock_wait_s)
+        loops.append(ReminderScan(reminders, settings, relay).run())
+    return loops
 
 
 def _quota(store: TaskStore, settings: TasksSettings) -> TaskQuota:

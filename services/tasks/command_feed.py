@@ -35,6 +35,7 @@ from common.kafka import ensure_topics, publish
 from common.outbox import OutboxSource
 from common.relay import OutboxRelay
 from services.tasks.commands import CommandHandler, producer_of
+from services.tasks.events import backlog_full
 from services.tasks.ledger import CommandLedger, UserDirectory
 from services.tasks.locks import DocLocks
 from services.tasks.quota import TaskQuota
@@ -189,9 +190,9 @@ def command_loops(
         users,
         Policies(settings.producers_file),
         settings,
-        tasks_written=tasks_relay.wake,
-        ledger_written=answers.wake,
-        backlog_full=lambda: tasks_relay.backlog > settings.backlog_max,
+        tasks_written=partial(tasks_relay.wrote, store.tasks.name),
+        ledger_written=partial(answers.wrote, ledger.collection.name),
+        backlog_full=partial(backlog_full, tasks_relay, settings),
         quota=quota,
     )
     loops = [CommandFeed(settings, handler).run(), UserFeed(settings, users).run()]

@@ -79,8 +79,8 @@ class CommandHandler:
     users: UserDirectory
     policies: Policies
     settings: ServiceSettings
-    tasks_written: Callable[[], None]  # wakes the tasks relay
-    ledger_written: Callable[[], None]  # wakes the ledger's relay
+    tasks_written: Callable[[str], None]  # tells the tasks relay which task has new events
+    ledger_written: Callable[[str], None]  # tells the ledger's relay which command has an answer
     backlog_full: Callable[[], bool] = lambda: False
     quota: TaskQuota | None = None
     clock: Clock = utcnow
@@ -175,7 +175,7 @@ class CommandHandler:
             return "replayed"  # made, answered, and since deleted
         if replayed:
             return "replayed"
-        self.tasks_written()
+        self.tasks_written(task.id)
         return "created"
 
     async def _change(
@@ -201,12 +201,12 @@ class CommandHandler:
                     unchanged = done if patch is _DONE else same
                     answer = entry(answers_topic(producer), self._answer(unchanged, envelope))
                     if await self.ledger.answer(command_key, "unchanged", answer):
-                        self.ledger_written()
+                        self.ledger_written(command_key)
                     return "unchanged"
                 event = self._answer(payload, envelope)
                 also = [entry(answers_topic(producer), event)]
                 if await self.store.save(before, after, event, also=also, command=command_key):
-                    self.tasks_written()
+                    self.tasks_written(task_id)
                     return "changed"
         raise TimeoutError(f"{task_id}: kept losing to concurrent writes")
 
@@ -233,6 +233,6 @@ class CommandHandler:
             causationid=envelope.id if envelope else None,
         )
         if await self.ledger.answer(command_key, "rejected", entry(answers_topic(producer), event)):
-            self.ledger_written()
+            self.ledger_written(command_key)
         log.info("command rejected", producer=producer, reason=refused.kind, detail=refused.detail)
         return "rejected"

@@ -55,6 +55,13 @@ class TasksSettings(ServiceSettings):
     max_tasks_per_user: int = Field(default=10_000, ge=1)
     quota_recount_every: int = Field(default=100, ge=1)
     quota_recheck_s: float = Field(default=10.0, gt=0)
+    # Event producers (services/tasks/commands.py): who may send which commands for which users
+    # (common.commands.Policies; re-read when it changes), how soon a new producer's topic is
+    # found, and how many records one fetch hands the handler.
+    commands_enabled: bool = True
+    producers_file: str = "var/kafka/producers.json"
+    commands_metadata_max_age_ms: int = Field(default=30_000, ge=1000)
+    commands_batch: int = Field(default=200, ge=1)
     reminder_lead_s: float = Field(default=3600.0, ge=0)
     reminder_interval_s: float = Field(default=30.0, gt=0)
 
