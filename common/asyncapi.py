@@ -274,16 +274,18 @@ def _operation(op_id: str, op: Operation, channel: Channel, prefix: str) -> dict
 
 
 def _servers(settings: ServiceSettings) -> dict[str, Any]:
-    protocol = str(getattr(settings, "kafka_security_protocol", "PLAINTEXT"))
-    return {
-        f"broker{i}": {
+    protocol = settings.kafka_security_protocol
+    servers: dict[str, Any] = {}
+    for i, host in enumerate(settings.kafka_bootstrap.split(","), start=1):
+        server: dict[str, Any] = {
             "host": host.strip(),
-            "protocol": "kafka-secure" if "SSL" in protocol else "kafka",
+            "protocol": "kafka-secure" if protocol == "SASL_SSL" else "kafka",
             "description": f"Kafka listener ({protocol}).",
-            "security": [{"$ref": "#/components/securitySchemes/scramSha512"}],
         }
-        for i, host in enumerate(settings.kafka_bootstrap.split(","), start=1)
-    }
+        if protocol != "PLAINTEXT":
+            server["security"] = [{"$ref": "#/components/securitySchemes/scramSha512"}]
+        servers[f"broker{i}"] = server
+    return servers
 
 
 def document(settings: ServiceSettings) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jsoncompat
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from common.asyncapi import document
 from common.event_schemas import all_schemas, model_types
@@ -52,8 +52,17 @@ def compatible(old: dict[str, Any], new: dict[str, Any], direction: Role) -> boo
 
 
 def default_asyncapi() -> dict[str, Any]:
-    """The document of a deployment with default settings (no topic prefix, local broker)."""
-    return document(ServiceSettings.model_construct())
+    """The document of a deployment with default names (no topic prefix) over SASL_SSL.
+
+    Built without reading the environment, so the committed copy is the same on every machine.
+    """
+    settings = ServiceSettings.model_construct(
+        kafka_security_protocol="SASL_SSL",
+        # Required with SASL; the document names no principal and no secret.
+        kafka_username="svc-gateway",
+        kafka_password=SecretStr("not-in-the-document"),
+    )
+    return document(settings)
 
 
 def breaking(events_dir: Path = EVENTS_DIR) -> list[str]:
@@ -76,10 +85,15 @@ def breaking(events_dir: Path = EVENTS_DIR) -> list[str]:
     return found
 
 
-def stale(events_dir: Path = EVENTS_DIR, asyncapi_file: Path = ASYNCAPI_FILE) -> list[str]:
-    """Committed files that differ from what the models generate now (or are missing)."""
+def _generated(events_dir: Path, asyncapi_file: Path) -> dict[Path, str]:
     wanted = {events_dir / f"{t}.json": render(s) for t, s in all_schemas().items()}
     wanted[asyncapi_file] = render(default_asyncapi())
+    return wanted
+
+
+def stale(events_dir: Path = EVENTS_DIR, asyncapi_file: Path = ASYNCAPI_FILE) -> list[str]:
+    """Committed files that differ from what the models generate now (or are missing)."""
+    wanted = _generated(events_dir, asyncapi_file)
     found = [
         f"{_shown(path)}: differs from the models; run `make event-schemas`"
         for path, text in wanted.items()
@@ -97,10 +111,10 @@ def write(events_dir: Path = EVENTS_DIR, asyncapi_file: Path = ASYNCAPI_FILE) ->
     """Regenerate every file, unless a change is breaking (then nothing is written)."""
     if problems := breaking(events_dir):
         return problems
+    wanted = _generated(events_dir, asyncapi_file)  # everything built before anything written
     events_dir.mkdir(parents=True, exist_ok=True)
-    for event_type, schema in all_schemas().items():
-        (events_dir / f"{event_type}.json").write_text(render(schema))
-    asyncapi_file.write_text(render(default_asyncapi()))
+    for path, text in wanted.items():
+        path.write_text(text)
     return []
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from common.asyncapi import OPERATIONS, document
 from common.asyncapi_text import DLQ_HEADERS, RECORD_HEADERS, RETRY_HEADERS
@@ -21,7 +22,14 @@ PREFIX = "t-asyncapi."
 
 @pytest.fixture(scope="module")
 def doc() -> dict[str, Any]:
-    return document(ServiceSettings(topic_prefix=PREFIX, kafka_bootstrap="k1:9092,k2:9092"))
+    settings = ServiceSettings(
+        topic_prefix=PREFIX,
+        kafka_bootstrap="k1:9092,k2:9092",
+        kafka_security_protocol="SASL_SSL",
+        kafka_username="svc-gateway",
+        kafka_password=SecretStr("a-password-for-the-test"),
+    )
+    return document(settings)
 
 
 def test_the_asyncapi_parser_accepts_the_document(doc: dict[str, Any], tmp_path: Path) -> None:
@@ -73,8 +81,14 @@ def test_channels_carry_this_deployments_prefix_and_parameters(doc: dict[str, An
     tiers = channels["notifierRetry"]["parameters"]["tier"]["enum"]
     most = NotifierSettings.model_fields["retry_tiers"].metadata
     assert len(tiers) == next(m.le for m in most if hasattr(m, "le"))
-    assert [server["host"] for server in doc["servers"].values()] == ["k1:9092", "k2:9092"]
+    servers = list(doc["servers"].values())
+    assert [server["host"] for server in servers] == ["k1:9092", "k2:9092"]
+    assert {server["protocol"] for server in servers} == {"kafka-secure"}
+    scheme = {"$ref": "#/components/securitySchemes/scramSha512"}
+    assert all(server["security"] == [scheme] for server in servers)
     assert doc["components"]["securitySchemes"]["scramSha512"]["type"] == "scramSha512"
+    plain = document(ServiceSettings(kafka_security_protocol="PLAINTEXT"))
+    assert [s.get("security") for s in plain["servers"].values()] == [None]
 
 
 def test_consumer_groups_are_the_services_own(doc: dict[str, Any]) -> None:
