@@ -133,6 +133,12 @@ OPERATIONS: dict[str, Operation] = {
         "tasks handles each command and answers it.",
         "tasks.commands",
     ),
+    "tasks.receiveUserEvents": Operation(
+        "receive",
+        "users",
+        "tasks keeps the directory of users a command may name (user.registered.v1).",
+        "tasks.users",
+    ),
     "tasks.sendAnswers": Operation(
         "send", "answers", "The outcome of every command, to its producer."
     ),
