@@ -30,6 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 EVENTS_DIR = ROOT / "docs" / "events"
 ASYNCAPI_FILE = ROOT / "docs" / "asyncapi.json"
 Role = Literal["both", "deserializer"]
+# Keywords jsoncompat 0.3.1 does not compare (an added `pattern` or `format` passes as
+# compatible), so they are compared here, conservatively: by location and exact value.
+UNCHECKED = frozenset({"pattern", "format"})
 
 
 def _shown(path: Path) -> str:
@@ -46,9 +49,28 @@ def role(model: type[BaseModel]) -> Role:
     return "deserializer" if hasattr(model, "command_type") else "both"
 
 
+def _constraints(node: Any, path: str = "") -> set[tuple[str, str, str]]:
+    """Every (location, keyword, value) of the keywords jsoncompat leaves unchecked."""
+    found: set[tuple[str, str, str]] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in UNCHECKED and isinstance(value, str):
+                found.add((path, key, value))
+            found |= _constraints(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            found |= _constraints(item, f"{path}/{i}")
+    return found
+
+
 def compatible(old: dict[str, Any], new: dict[str, Any], direction: Role) -> bool:
     """Whether `new` may replace `old` under `direction` (see the module docstring)."""
-    return jsoncompat.check_compat(json.dumps(old), json.dumps(new), direction)
+    if not jsoncompat.check_compat(json.dumps(old), json.dumps(new), direction):
+        return False
+    # A pattern or format added (or changed) narrows what is accepted; one dropped widens it.
+    before, after = _constraints(old), _constraints(new)
+    narrowed, widened = after - before, before - after
+    return not narrowed if direction == "deserializer" else not (narrowed or widened)
 
 
 def default_asyncapi() -> dict[str, Any]:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import jsoncompat
 import pytest
 from pydantic import BaseModel, ConfigDict
 
@@ -82,13 +83,21 @@ def _widen_status(_: dict[str, Any], task: dict[str, Any]) -> None:
     task["properties"]["status"]["enum"] = ["todo", "done", "gone"]
 
 
+def _pattern_note(data: dict[str, Any], _: dict[str, Any]) -> None:
+    data["properties"]["note"]["pattern"] = r"\S"
+
+
+def _format_note(data: dict[str, Any], _: dict[str, Any]) -> None:
+    data["properties"]["note"]["format"] = "email"
+
+
 def _reword_note(data: dict[str, Any], _: dict[str, Any]) -> None:
     data["properties"]["note"]["description"] = "new words"
 
 
 @pytest.mark.parametrize(
     "edit",
-    [_remove_note, _retype_version, _require_owner, _narrow_status],
+    [_remove_note, _retype_version, _require_owner, _narrow_status, _pattern_note, _format_note],
     ids=lambda e: e.__name__,
 )
 def test_a_breaking_change_is_refused_for_events_and_commands(edit: Edit) -> None:
@@ -107,6 +116,11 @@ def test_what_each_direction_lets_change() -> None:
     assert compatible(old, optional, "deserializer")
     assert compatible(old, widened, "deserializer")
     assert compatible(old, _changed(_reword_note), "both")
+    # jsoncompat alone lets an added pattern through; tools.event_schemas does not.
+    patterned = _changed(_pattern_note)
+    assert jsoncompat.check_compat(json.dumps(old), json.dumps(patterned), "deserializer")
+    assert compatible(patterned, old, "deserializer")  # dropping a pattern only widens
+    assert not compatible(patterned, old, "both")
 
 
 @pytest.fixture
