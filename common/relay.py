@@ -7,14 +7,15 @@ first failure (documents in parallel). What went out is remembered per document 
 cleared behind, in batches, by common.relay_clear: the database's slow per-document rewrite no
 longer caps the publish rate, and a remembered entry is not published again.
 
-Writers tell the relay which document they wrote (`wrote`): those are published without a scan.
+Writers tell the relay which document they wrote (`wrote`): those are published without a scan,
+and a just-inserted document's outbox, which its writer knows, without reading it back.
 A sweep (every `interval_s`, or on `wake()`) finds what other replicas or a crash left behind.
 Delivery is at least once: consumers deduplicate by event id.
 """
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 
 import structlog
@@ -66,7 +67,8 @@ class OutboxRelay:
         self._parallel = asyncio.Semaphore(parallel)
         self._wake = asyncio.Event()
         self._sweep_due = True
-        self._dirty: dict[str, set[str]] = {name: set() for name in self._sources}
+        # Documents writers named, with their whole outbox when the writer knows it (an insert).
+        self._named: dict[str, dict[str, list[Doc] | None]] = {name: {} for name in self._sources}
         self._sent: dict[str, dict[str, Sent]] = {name: {} for name in self._sources}
         self._to_clear = asyncio.Event()
         self._backlog = BacklogGauge(service, self._count_backlog, every_s=backlog_every_s)
@@ -83,9 +85,14 @@ class OutboxRelay:
         self._sweep_due = True
         self._wake.set()
 
-    def wrote(self, source: str, doc_id: str) -> None:
-        """A writer just added events to this document: publish it now, without a sweep."""
-        self._dirty[source].add(doc_id)
+    def wrote(self, source: str, doc_id: str, outbox: Sequence[Doc] | None = None) -> None:
+        """A writer just added events to this document: publish it now, without a sweep.
+
+        `outbox` is the document's whole outbox when the writer knows it (it just inserted the
+        document): then it is published without reading the document back.
+        """
+        named = self._named[source]
+        named[doc_id] = list(outbox) if outbox is not None and doc_id not in named else None
         self._wake.set()
 
     async def run(self) -> None:
@@ -160,9 +167,13 @@ class OutboxRelay:
         sweep, self._sweep_due = self._sweep_due, False
         published = 0
         for name, source in self._sources.items():
-            dirty, self._dirty[name] = sorted(self._dirty[name]), set()
-            for start in range(0, len(dirty), self._batch):
-                published += await self._publish_batch(source, dirty[start : start + self._batch])
+            named, self._named[name] = self._named[name], {}
+            known = {d: outbox for d, outbox in named.items() if outbox is not None}
+            unknown = sorted(d for d in named if d not in known)
+            for start in range(0, len(unknown), self._batch):
+                published += await self._publish_batch(source, unknown[start : start + self._batch])
+            if known:
+                published += await self._publish_batch(source, sorted(known), known)
             if sweep:
                 published += await self._sweep(source)
         return published
@@ -188,15 +199,20 @@ class OutboxRelay:
         found = source.collection.find(where, {"_id": 1}).limit(self._batch)
         return [doc["_id"] async for doc in found]
 
-    async def _publish_batch(self, source: OutboxSource, ids: list[str]) -> int:
-        """Publish the outboxes of `ids` this relay leases; how many events went out."""
+    async def _publish_batch(
+        self, source: OutboxSource, ids: list[str], known: Mapping[str, list[Doc]] | None = None
+    ) -> int:
+        """Publish the outboxes of `ids` this relay leases (read, unless `known`); events out."""
         sent = self._sent[source.name]
         # A document still remembered keeps the lease taken when it was published.
         kept = {d: t for d in ids if d in sent and (t := sent[d].token) is not None}
         token, taken = await self._leases.take(source.name, [d for d in ids if d not in kept])
         owned = {**kept, **dict.fromkeys(taken, token)}
-        found = source.collection.find({"_id": {"$in": sorted(owned)}}, source.projection())
-        docs = {doc["_id"]: doc async for doc in found}
+        if known is None:
+            found = source.collection.find({"_id": {"$in": sorted(owned)}}, source.projection())
+            docs = {doc["_id"]: doc async for doc in found}
+        else:  # just inserted: the writer's outbox is the document's, and no tombstone
+            docs = {d: {"_id": d, OUTBOX: known[d]} for d in sorted(owned)}
         outcomes = await asyncio.gather(
             *(self._publish_doc(source, doc_id, doc, owned[doc_id]) for doc_id, doc in docs.items())
         )

@@ -327,6 +327,24 @@ async def test_a_written_document_is_published_without_a_sweep(db: AsyncDatabase
             await task
 
 
+async def test_an_insert_named_with_its_outbox_is_published_without_reading_it(
+    db: AsyncDatabase[Doc],
+) -> None:
+    given, other = _entry("u1"), _entry("u1")
+    await db["users"].insert_one(with_entries({"_id": "u1"}, given))
+    # Changed behind the writer's back: what the relay publishes shows what it read, if anything.
+    await db["users"].update_one({"_id": "u1"}, {"$set": {OUTBOX: [other]}})
+    publisher = Recorder()
+    relay = _relay(db, publisher)
+
+    relay.wrote("users", "u1", [given])
+    assert await relay.drain() == 1
+    assert publisher.ids() == [given["id"]]
+
+    assert await relay.drain() == 1  # the entry it did not read is still found by a sweep
+    assert publisher.ids() == [given["id"], other["id"]]
+
+
 async def test_two_relays_publish_every_event_once_in_order(db: AsyncDatabase[Doc]) -> None:
     expected = {f"u{n}": await _doc_with(db["users"], f"u{n}", 3) for n in range(12)}
     publisher = Recorder(delay_s=0.005)
