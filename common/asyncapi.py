@@ -197,12 +197,11 @@ def _key_binding() -> dict[str, Any]:
 
 def _message(event_type: str, model: type[BaseModel]) -> dict[str, Any]:
     summary = (model.__doc__ or event_type).strip().splitlines()[0]
-    return {
+    message: dict[str, Any] = {
         "name": event_type,
         "title": event_type,
         "summary": summary,
         "contentType": "application/json",
-        "headers": {"$ref": "#/components/schemas/RecordHeaders"},
         "payload": {"$ref": COMPONENT_REFS.format(model=event_type)},
         "correlationId": {
             "description": "The CloudEvents id: consumers deduplicate by it.",
@@ -210,6 +209,11 @@ def _message(event_type: str, model: type[BaseModel]) -> dict[str, Any]:
         },
         "bindings": _key_binding(),
     }
+    # Taskbus reads no header of a command (everything is in the envelope); what it publishes
+    # goes through common.kafka.publish, which sets these.
+    if not hasattr(model, "command_type"):
+        message["headers"] = {"$ref": "#/components/schemas/RecordHeaders"}
+    return message
 
 
 def _schemas(types: Mapping[str, type[BaseModel]]) -> dict[str, Any]:
