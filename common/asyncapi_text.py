@@ -23,9 +23,10 @@ unknown fields, so even an added optional field makes a new version.
 no order across users.
 
 **Delivery.** At least once: producers use `acks=all` with idempotence, outbox relays may
-publish an event again after a crash, consumers commit only after handling. Consumers are
-idempotent by the envelope `id` (the notifier's delivery ledger, the gateway's idempotent
-cache generations), so a redelivered record has one effect.
+publish an event again after a crash, consumers commit only after handling. Deduplicate by the
+envelope `id`: the notifier's delivery ledger sends one mail per id, the gateway's effects are
+safe to repeat, and tasks handles a command once per (producer, `id`), so a re-sent or
+redelivered record has one effect.
 
 **Retention.** Topics keep records for 7 days (`retention.ms`, `cleanup.policy=delete`); a
 consumer group that is away longer misses records.
