@@ -83,6 +83,9 @@ SERVICE_GRANTS: dict[str, tuple[Grant, ...]] = {
         _topic(TASKS_TOPIC, *READ_TOPIC, *CREATE),
         _topic(USERS_TOPIC, *READ_TOPIC, *CREATE),
         _groups("gateway."),
+        # It only consumes, but its FastStream broker starts an idempotent producer all the
+        # same, which needs a producer id: granted by WRITE on any topic, else by this.
+        Grant("cluster", "kafka-cluster", "literal", ("IDEMPOTENT_WRITE",)),
     ),
 }
 
@@ -128,8 +131,12 @@ def name_overlaps(producer: str, others: Iterable[str]) -> str | None:
 
 
 def _acls(principal: str, grants: tuple[Grant, ...], topic_prefix: str) -> list[Acl]:
+    def name(grant: Grant) -> str:
+        # The cluster has one name; topics and groups carry the prefix.
+        return grant.name if grant.resource == "cluster" else f"{topic_prefix}{grant.name}"
+
     return [
-        Acl(f"User:{principal}", g.resource, f"{topic_prefix}{g.name}", g.pattern, operation)
+        Acl(f"User:{principal}", g.resource, name(g), g.pattern, operation)
         for g in grants
         for operation in g.operations
     ]

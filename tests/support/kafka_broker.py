@@ -5,10 +5,11 @@ import asyncio
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from deploy.local.kafka_security import format_scram, secure_properties
+from deploy.local.kafka_security import Credentials, format_scram, secure_properties
 from deploy.local.parts import (
     format_kafka,
     kafka_cluster_id,
@@ -16,7 +17,6 @@ from deploy.local.parts import (
     render_kafka_properties,
 )
 from tests.support.infra import KAFKA_CREDENTIALS, STATE_DIR, free_port, wait_listening
-from tests.support.kafka_auth import client_options
 from tests.support.waiting import eventually
 
 HEAP = "-Xmx512m"  # several JVMs share two cores and 24 GiB with the rest of the stack
@@ -75,9 +75,16 @@ class KafkaNode:
 
 
 class KafkaCluster:
-    """`size` KRaft nodes on free ports under `state`; replicated 3 ways with min ISR 2 if > 1."""
+    """`size` KRaft nodes on free ports under `state`; replicated 3 ways with min ISR 2 if > 1.
 
-    def __init__(self, state: Path, size: int = 1) -> None:
+    With `credentials` the nodes run SASL and ACLs as the local stack does, with its super user;
+    by default those of the shared broker (none while it runs without SASL).
+    """
+
+    def __init__(
+        self, state: Path, size: int = 1, credentials: Credentials | None = KAFKA_CREDENTIALS
+    ) -> None:
+        self.credentials = credentials
         self.nodes: list[KafkaNode] = []
         for node_id in range(1, size + 1):
             home = state / f"node-{node_id}"
@@ -99,13 +106,16 @@ class KafkaCluster:
                     {**static, **_replicated(size)},
                     drop=("controller.quorum.bootstrap.servers",),
                 )
-            # With SASL on the shared broker, a private one has the same super user (and ACLs on).
             scram: list[str] = []
-            if KAFKA_CREDENTIALS is not None:
+            if credentials is not None:
                 ports = (node.port, node.controller_port)
-                secure_properties(node.properties, KAFKA_CREDENTIALS, *ports)
-                scram = format_scram(KAFKA_CREDENTIALS)
+                secure_properties(node.properties, credentials, *ports)
+                scram = format_scram(credentials)
             format_kafka(STATE_DIR, node.properties, cluster_id, scram)
+
+    def admin_options(self) -> dict[str, Any]:
+        """aiokafka options of the cluster's super user (none without SASL)."""
+        return self.credentials.admin_options() if self.credentials else {}
 
     async def start(self, within: float = 90.0) -> "KafkaCluster":
         """Start every node; return once all of them are brokers of the cluster."""
@@ -130,7 +140,7 @@ class KafkaCluster:
     async def live_brokers(self) -> list[int]:
         """Node ids the cluster's metadata lists as brokers right now."""
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.bootstrap, request_timeout_ms=3000, **client_options()
+            bootstrap_servers=self.bootstrap, request_timeout_ms=3000, **self.admin_options()
         )
         await admin.start()
         try:
@@ -142,7 +152,7 @@ class KafkaCluster:
     async def replicas(self, topic: str) -> dict[int, tuple[int, list[int]]]:
         """Partition -> (leader, replicas) of `topic`."""
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.bootstrap, request_timeout_ms=3000, **client_options()
+            bootstrap_servers=self.bootstrap, request_timeout_ms=3000, **self.admin_options()
         )
         await admin.start()
         try:
