@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from opentelemetry.instrumentation.utils import suppress_instrumentation
@@ -85,14 +86,17 @@ class OutboxRelay:
         self._sweep_due = True
         self._wake.set()
 
-    def wrote(self, source: str, doc_id: str, outbox: Sequence[Doc] | None = None) -> None:
+    def wrote(
+        self, source: str, doc_id: str, outbox: Sequence[Mapping[str, Any]] | None = None
+    ) -> None:
         """A writer just added events to this document: publish it now, without a sweep.
 
         `outbox` is the document's whole outbox when the writer knows it (it just inserted the
         document): then it is published without reading the document back.
         """
         named = self._named[source]
-        named[doc_id] = list(outbox) if outbox is not None and doc_id not in named else None
+        known = outbox is not None and doc_id not in named  # named twice: read it back
+        named[doc_id] = [dict(item) for item in outbox or ()] if known else None
         self._wake.set()
 
     async def run(self) -> None:

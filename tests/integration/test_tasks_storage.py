@@ -12,13 +12,8 @@ from common.clock import utcnow
 from common.events import TASKS_TOPIC, Envelope, TaskUpdated
 from common.infra import open_broker
 from common.outbox import PENDING
-from services.tasks.domain import (
-    ListQuery,
-    PreconditionFailedError,
-    Task,
-    TaskCreate,
-    TaskPatch,
-)
+from common.task_models import TaskCreate, TaskPatch
+from services.tasks.domain import ListQuery, PreconditionFailedError, Task
 from services.tasks.events import outbox_relay
 from services.tasks.locks import DocLocks
 from services.tasks.queries import SORT_INDEX, list_filter, list_sort
@@ -249,11 +244,11 @@ class _StallingStore(TaskStore):
         super().__init__(*args, **kwargs)
         self.stalled, self.resume = asyncio.Event(), asyncio.Event()
 
-    async def save(self, before: Stored, after: Task, event: Envelope) -> bool:
+    async def save(self, before: Stored, after: Task, event: Envelope, **kw: Any) -> bool:
         if not self.resume.is_set():
             self.stalled.set()
             await self.resume.wait()
-        return await super().save(before, after, event)
+        return await super().save(before, after, event, **kw)
 
 
 async def _overtaken(

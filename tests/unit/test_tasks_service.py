@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from common.events import Envelope
+from common.task_models import TaskCreate, TaskPatch
 from services.tasks.domain import (
     BacklogFullError,
     BusyError,
@@ -14,9 +15,7 @@ from services.tasks.domain import (
     ListQuery,
     PreconditionFailedError,
     Task,
-    TaskCreate,
     TaskNotFoundError,
-    TaskPatch,
     TaskStats,
     new_task,
 )
