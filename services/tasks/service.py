@@ -4,12 +4,13 @@ Calls run one way: api -> service -> storage. Each write holds the task's write 
 only) and is conditional on the version it read (correctness); a lost race is read again.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from common.clock import Clock, utcnow
 from common.events import Envelope, TaskCreated, TaskDeleted
+from common.outbox import OutboxEntry
 from common.task_models import TaskCreate, TaskPatch
 from services.tasks.domain import (
     BacklogFullError,
@@ -25,9 +26,16 @@ from services.tasks.domain import (
 )
 from services.tasks.events import wrap
 from services.tasks.quota import TaskQuota
-from services.tasks.storage import Stored, new_task_id
+from services.tasks.storage import Stored, created_outbox, new_task_id
 
 ATTEMPTS = 5
+
+
+class Written(Protocol):
+    """Tells the outbox relay which task has new events (and, for a new task, its outbox)."""
+
+    def __call__(self, task_id: str, outbox: Sequence[OutboxEntry] | None = None) -> None:
+        """Publish that task's events soon."""
 
 
 class TaskStorage(Protocol):
@@ -69,7 +77,7 @@ class TaskService:
         self,
         store: TaskStorage,
         *,
-        written: Callable[[str], None],
+        written: Written,
         backlog_full: Callable[[], bool] = lambda: False,
         quota: TaskQuota | None = None,
         clock: Clock = utcnow,
@@ -92,11 +100,12 @@ class TaskService:
             await self._quota.admit(owner)
         task = new_task(new_task_id(), owner, body, self._clock())
         event = wrap(TaskCreated(task=task.snapshot()), owner)
-        stored = await self._store.create(
+        stored, replayed = await self._store.create(
             task, event, idem_key=idem_key, fingerprint=body.fingerprint()
         )
-        self._written(stored[0].id)
-        return stored
+        # A new task's outbox is known: the relay publishes it without reading it back.
+        self._written(stored.id, None if replayed else created_outbox(event))
+        return stored, replayed
 
     async def get(self, owner: str, task_id: str) -> Task:
         """The owner's task (TaskNotFoundError otherwise)."""

@@ -102,6 +102,11 @@ def from_doc(doc: Doc) -> Task:
     )
 
 
+def created_outbox(event: Envelope, also: Sequence[OutboxEntry] = ()) -> list[OutboxEntry]:
+    """The outbox a new task is inserted with (its writer hands it to the relay as is)."""
+    return [task_entry(event), *also]
+
+
 @dataclass(frozen=True)
 class Stored:
     """A live task as read for a write, with the stored state the write depends on."""
@@ -190,7 +195,7 @@ class TaskStore:
             "reminded_for": None,
         }
         try:
-            await self.tasks.insert_one(with_entries(doc, task_entry(event), *also))
+            await self.tasks.insert_one(with_entries(doc, *created_outbox(event, also)))
         except DuplicateKeyError:
             if not idem_key:
                 raise

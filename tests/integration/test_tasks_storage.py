@@ -54,7 +54,7 @@ async def store(settings: TasksSettings) -> AsyncIterator[TaskStore]:
 
 
 def _service(store: TaskStore) -> TaskService:
-    return TaskService(store, written=lambda _: None)
+    return TaskService(store, written=lambda _, outbox=None: None)
 
 
 async def _create(store: TaskStore, owner: str = "u1", **fields: Any) -> Task:

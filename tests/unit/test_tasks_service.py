@@ -1,12 +1,13 @@
 """Tasks use cases over an in-memory store: rule, version-checked save, retry on a lost race."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import pytest
 
 from common.events import Envelope
+from common.outbox import OutboxEntry
 from common.task_models import TaskCreate, TaskPatch
 from services.tasks.domain import (
     BacklogFullError,
@@ -19,6 +20,7 @@ from services.tasks.domain import (
     TaskStats,
     new_task,
 )
+from services.tasks.events import task_entry
 from services.tasks.service import ATTEMPTS, TaskService
 from services.tasks.storage import Stored
 
@@ -84,11 +86,32 @@ class FakeStore:
         raise NotImplementedError
 
 
+class Relay:
+    """What the relay was told: the tasks named, and the outboxes handed over with them."""
+
+    def __init__(self) -> None:
+        self.named: list[str] = []
+        self.outboxes: list[list[OutboxEntry] | None] = []
+
+    def __call__(self, task_id: str, outbox: Sequence[OutboxEntry] | None = None) -> None:
+        self.named.append(task_id)
+        self.outboxes.append(None if outbox is None else list(outbox))
+
+
 def _service(races: int = 0) -> tuple[TaskService, FakeStore, list[str]]:
     task = new_task("a" * 24, "u1", TaskCreate(title="t"), NOW)
     store = FakeStore(task, races)
-    wakes: list[str] = []  # the tasks the relay was told about
-    return TaskService(store, written=wakes.append, clock=lambda: NOW), store, wakes
+    relay = Relay()
+    return TaskService(store, written=relay, clock=lambda: NOW), store, relay.named
+
+
+async def test_a_create_hands_its_outbox_to_the_relay() -> None:
+    store, relay = FakeStore(new_task("a" * 24, "u1", TaskCreate(title="t"), NOW)), Relay()
+    service = TaskService(store, written=relay, clock=lambda: NOW)
+    created, replayed = await service.create("u1", TaskCreate(title="new"), None)
+    assert not replayed
+    assert relay.named == [created.id]
+    assert relay.outboxes == [[task_entry(store.events[-1])]]
 
 
 async def test_a_patch_is_saved_with_its_event_and_wakes_the_relay() -> None:
@@ -142,7 +165,7 @@ async def test_delete_buries_the_task_with_its_event() -> None:
 async def test_writes_are_refused_while_the_backlog_is_full_and_reads_keep_working() -> None:
     task = new_task("a" * 24, "u1", TaskCreate(title="t"), NOW)
     store, full = FakeStore(task, 0), [True]
-    service = TaskService(store, written=lambda _: None, backlog_full=lambda: full[0])
+    service = TaskService(store, written=Relay(), backlog_full=lambda: full[0])
     with pytest.raises(BacklogFullError):
         await service.update("u1", "a" * 24, TaskPatch(title="new"), None)
     with pytest.raises(BacklogFullError):
