@@ -24,14 +24,13 @@ from pydantic import ValidationError
 
 from common.commands import Policies
 from common.events import (
-    ANSWERS_PREFIX,
     COMMANDS_PREFIX,
     USERS_TOPIC,
     Envelope,
     UserRegistered,
     answers_topic,
 )
-from common.kafka import ensure_topics, publish
+from common.kafka import ensure_topics, kafka_options, publish
 from common.outbox import OutboxSource
 from common.relay import OutboxRelay
 from services.tasks.commands import CommandHandler, producer_of
@@ -54,6 +53,7 @@ def _consumer(settings: TasksSettings, purpose: str, **options: Any) -> AIOKafka
         group_id=f"{settings.topic_prefix}tasks.{purpose}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **kafka_options(settings),
         **options,
     )
 
@@ -64,8 +64,11 @@ def command_pattern(settings: TasksSettings) -> str:
 
 
 def producer_topics(producers: Iterable[str]) -> list[str]:
-    """The command and answer topics of these producers (logical names)."""
-    return [f"{prefix}{p}" for p in producers for prefix in (COMMANDS_PREFIX, ANSWERS_PREFIX)]
+    """The answer topics of these producers (logical names).
+
+    Their command topics are made with the producer (`make producer`): tasks may only read those.
+    """
+    return [answers_topic(p) for p in producers]
 
 
 class CommandFeed:

@@ -29,8 +29,9 @@ from common.events import (
 from common.kafka import ensure_topics
 from common.settings import ServiceSettings
 from common.task_models import TaskCreate, TaskPatch
-from tests.support.infra import KAFKA_BOOTSTRAP, MONGO_URL
+from tests.support.infra import KAFKA_BOOTSTRAP, MONGO_URL, ROOT
 from tests.support.kafka import collect_events
+from tests.support.kafka_auth import client_options
 from tests.support.processes import ServiceProcess
 from tests.support.tasks import tasks_process
 from tests.support.tokens import SigningKey
@@ -43,8 +44,10 @@ USERS = [f"user-{n}" for n in range(5)]
 async def _register(prefix: str, users: list[str]) -> None:
     """Announce the accounts on the users topic, as auth does."""
     settings = ServiceSettings(kafka_bootstrap=KAFKA_BOOTSTRAP, topic_prefix=f"{prefix}.")
-    await ensure_topics(settings, [USERS_TOPIC, commands_topic("stranger")])
-    producer = AIOKafkaProducer(bootstrap_servers=KAFKA_BOOTSTRAP)
+    # Command topics are made with their producer (make producer), not by the tasks service.
+    producers = [commands_topic(p) for p in ("crm", "ci", "stranger")]
+    await ensure_topics(settings, [USERS_TOPIC, *producers])
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA_BOOTSTRAP, **client_options())
     await producer.start()
     try:
         for user in users:
@@ -77,7 +80,7 @@ async def stack(prefix: str, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     tasks = tasks_process(prefix, key, **env).start()
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(MONGO_URL, tz_aware=True)
     db = mongo[f"{prefix}_tasks"]
-    running = {"tasks": tasks, "key": key, "db": db, "prefix": prefix, "env": env}
+    running: dict[str, Any] = {"tasks": tasks, "key": key, "db": db, "prefix": prefix, "env": env}
     try:
         tasks.wait_ready()
         await eventually(_all_users_known(db), what="the tasks service to know every user")
@@ -93,6 +96,11 @@ def _all_users_known(db: Any) -> Any:
         return int(await db["users"].count_documents({})) == len(USERS)
 
     return check
+
+
+def _producer(name: str, prefix: str) -> CommandProducer:
+    # As the tests' observer (the super user when SASL is on); principals are tested with the ACLs.
+    return CommandProducer(name, KAFKA_BOOTSTRAP, topic_prefix=f"{prefix}.", **client_options())
 
 
 def _topic(prefix: str, logical: str) -> str:
@@ -137,7 +145,7 @@ async def test_creates_resent_and_redelivered_across_a_sigkill_make_each_task_on
 ) -> None:
     prefix, key = stack["prefix"], stack["key"]
     rng = random.Random(13)
-    async with CommandProducer("crm", KAFKA_BOOTSTRAP, topic_prefix=f"{prefix}.") as crm:
+    async with _producer("crm", prefix) as crm:
         sent = [crm.envelope(USERS[n % 5], _create(f"task {n}")) for n in range(100)]
         for envelope in sent[:50]:
             await crm.send(envelope)
@@ -183,13 +191,13 @@ async def test_refused_commands_get_one_rejection_each_and_the_partition_flows_o
 ) -> None:
     prefix, key = stack["prefix"], stack["key"]
     target = f"{prefix}.{commands_topic('crm')}"
-    raw = AIOKafkaProducer(bootstrap_servers=KAFKA_BOOTSTRAP)
+    raw = AIOKafkaProducer(bootstrap_servers=KAFKA_BOOTSTRAP, **client_options())
     await raw.start()
     try:
         async with (
-            CommandProducer("crm", KAFKA_BOOTSTRAP, topic_prefix=f"{prefix}.") as crm,
-            CommandProducer("ci", KAFKA_BOOTSTRAP, topic_prefix=f"{prefix}.") as ci,
-            CommandProducer("stranger", KAFKA_BOOTSTRAP, topic_prefix=f"{prefix}.") as stranger,
+            _producer("crm", prefix) as crm,
+            _producer("ci", prefix) as ci,
+            _producer("stranger", prefix) as stranger,
         ):
             u0, u1 = USERS[0], USERS[1]
             schema = crm.envelope(u0, _create("ok")).model_copy(
@@ -254,3 +262,28 @@ async def test_refused_commands_get_one_rejection_each_and_the_partition_flows_o
 def rng_bytes() -> bytes:
     """Bytes that are no JSON document."""
     return b"\xff\x00" + random.Random(7).randbytes(64)
+
+
+async def test_the_readme_example_creates_a_task_and_reads_its_answer(
+    stack: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Producing events into Taskbus", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    definitions = code.split("asyncio.run(", 1)[0]  # everything but the call to run it
+    prefix = stack["prefix"]
+
+    def producer(name: str, bootstrap: str, **options: Any) -> CommandProducer:
+        # The example's producer, under this test's topic prefix and as the tests' observer.
+        assert options == {}
+        return CommandProducer(name, bootstrap, topic_prefix=f"{prefix}.", **client_options())
+
+    namespace: dict[str, Any] = {}
+    exec(compile(definitions, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    namespace["CommandProducer"] = producer
+    await namespace["main"](USERS[3])
+    printed = capsys.readouterr().out
+    assert printed.startswith("task.created.v1 ")
+    assert "'title': 'Call the customer back'" in printed
+    owned = await _owned(stack["tasks"], stack["key"], USERS[3])
+    assert [t["title"] for t in owned] == ["Call the customer back"]
