@@ -45,7 +45,7 @@ CALLER_WRITES: dict[tuple[str, str], dict[str, Any]] = {
 }
 # Session operations end only the caller's own sessions (tests/e2e/test_auth_flow.py).
 CALLER_SESSIONS = {("POST", "/api/auth/logout"), ("POST", "/api/auth/logout-all")}
-# No user's data: sign-up, sign-in, reset by mailed token, keys, probes, the event spec.
+# No user's data: sign-up, sign-in, reset by mailed token, keys, probes, the specs and docs.
 PUBLIC = {
     ("POST", "/api/auth/register"),
     ("POST", "/api/auth/login"),
@@ -57,6 +57,8 @@ PUBLIC = {
     ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/asyncapi.json"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
 }
 # Variants of the list that must stay the caller's: filters, sort, search for A's own words.
 LIST_QUERIES = ("", "?status=todo", "?sort=priority&limit=100", "?q={secret}", "?tag={secret}")
@@ -66,13 +68,14 @@ _PARAM = re.compile(r"\{([^}]+)\}")
 
 @dataclass
 class Owner:
-    """A user, their token and one task of theirs with a word nobody else uses."""
+    """A user, their token and two tasks of theirs with a word nobody else uses."""
 
     id: str
     email: str
     headers: dict[str, str]
     secret: str
     task: dict[str, Any]
+    body: dict[str, Any]  # what created `task`, under the Idempotency-Key `secret`
 
 
 @dataclass
@@ -89,10 +92,13 @@ async def _owner(client: httpx.AsyncClient, priority: str) -> Owner:
     secret = f"secret{uuid.uuid4().hex[:12]}"
     body = {"title": f"{secret} plans", "description": secret, "tags": [secret]}
     body["priority"] = priority  # so even A's and B's counts differ
-    created = await client.post("/api/tasks", json=body, headers=headers)
+    keyed = {**headers, "Idempotency-Key": secret}
+    created = await client.post("/api/tasks", json=body, headers=keyed)
     assert created.status_code == 201, created.text
+    second = await client.post("/api/tasks", json=body, headers=headers)  # a list of two pages
+    assert second.status_code == 201, second.text
     user = registered["user"]
-    return Owner(user["id"], user["email"], headers, secret, created.json())
+    return Owner(user["id"], user["email"], headers, secret, created.json(), body)
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +211,25 @@ async def test_caller_scoped_reads_never_show_b_anything_of_a(stack: Stack) -> N
     listed = (await stack.gateway.get("/api/tasks?limit=100", headers=stack.b.headers)).json()
     assert stats["total"] == len(listed["items"])
     assert stats["by_priority"].get("urgent", 0) == 0, stats  # A's task is the only urgent one
+
+
+async def test_as_cursor_and_idempotency_key_give_b_nothing_of_as(stack: Stack) -> None:
+    a, b, client = stack.a, stack.b, stack.gateway
+    page = (await client.get("/api/tasks?limit=1", headers=a.headers)).json()
+    assert page["next_cursor"], page  # A has a second page
+    cursor = {"limit": "1", "cursor": page["next_cursor"]}
+    seen = await client.get("/api/tasks", params=cursor, headers={**b.headers, **NO_CACHE})
+    # The cursor only says where a page starts; the owner is still the token's.
+    assert seen.status_code in (200, 400), seen.text
+    assert not _leaks(a, seen.text), seen.text
+    # A's Idempotency-Key and body replayed by B make B a task of B's own, never A's answer.
+    replay = await client.post(
+        "/api/tasks", json=a.body, headers={**b.headers, "Idempotency-Key": a.secret}
+    )
+    assert replay.status_code == 201, replay.text
+    assert "idempotent-replayed" not in replay.headers
+    assert replay.json()["id"] != a.task["id"]
+    assert replay.json()["owner"] == b.id
 
 
 async def test_caller_scoped_writes_by_b_leave_a_unchanged(stack: Stack) -> None:
