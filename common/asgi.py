@@ -83,6 +83,8 @@ class RequestIdMiddleware:
 
     A missing or malformed id is replaced (in the scope, so the gateway forwards the same one)
     by a fresh one; the gateway passes its id upstream, so one id spans every service's logs.
+    In the same pass over the headers, a request with several Authorization headers loses them
+    all (every process runs this, so no two doors read different tokens of one request).
     """
 
     def __init__(self, app: ASGIApp) -> None:
