@@ -55,8 +55,8 @@ from services.tasks.domain import (
 from services.tasks.events import SOURCE
 from services.tasks.ledger import CommandLedger, UserDirectory
 from services.tasks.quota import TaskQuota, TaskQuotaExceededError
-from services.tasks.service import ATTEMPTS
-from services.tasks.storage import TaskStore, new_task_id
+from services.tasks.service import ATTEMPTS, Written
+from services.tasks.storage import TaskStore, created_outbox, new_task_id
 
 log = structlog.get_logger(__name__)
 _BACKLOG_WAIT_S = 0.5
@@ -79,7 +79,7 @@ class CommandHandler:
     users: UserDirectory
     policies: Policies
     settings: ServiceSettings
-    tasks_written: Callable[[str], None]  # tells the tasks relay which task has new events
+    tasks_written: Written  # tells the tasks relay which task has new events
     ledger_written: Callable[[str], None]  # tells the ledger's relay which command has an answer
     backlog_full: Callable[[], bool] = lambda: False
     quota: TaskQuota | None = None
@@ -159,13 +159,10 @@ class CommandHandler:
                 ) from None
         task = new_task(new_task_id(), owner, body, self.clock())
         event = self._answer(TaskCreated(task=task.snapshot()), envelope)
+        also = [entry(answers_topic(producer), event)]
         try:
             _, replayed = await self.store.create(
-                task,
-                event,
-                idem_key=command_key,
-                fingerprint=body.fingerprint(),
-                also=[entry(answers_topic(producer), event)],
+                task, event, idem_key=command_key, fingerprint=body.fingerprint(), also=also
             )
         except IdempotencyMismatchError:
             raise CommandRefusedError(
@@ -175,7 +172,8 @@ class CommandHandler:
             return "replayed"  # made, answered, and since deleted
         if replayed:
             return "replayed"
-        self.tasks_written(task.id)
+        # The new task's whole outbox is known: the relay need not read it back.
+        self.tasks_written(task.id, created_outbox(event, also))
         return "created"
 
     async def _change(

@@ -55,7 +55,7 @@ async def handler(prefix: str, tmp_path: Path) -> AsyncIterator[CommandHandler]:
             users,
             Policies(policies),
             TasksSettings(topic_prefix="p."),
-            tasks_written=lambda _: None,
+            tasks_written=lambda _, outbox=None: None,
             ledger_written=lambda _: None,
         )
     finally:
