@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -101,8 +102,23 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app serves on this request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
-    """Make every error FastAPI or the routes raise answer as problem+json."""
+    """Make every error FastAPI or the routes raise answer as problem+json, and say so in the
+    app's OpenAPI document (common.openapi)."""
+    # Imported here: common.openapi reads this module's PROBLEM_JSON.
+    from common.openapi import document_problems  # noqa: PLC0415
+
+    document_problems(app)
 
     async def on_problem(request: Request, exc: Exception) -> Response:
         exc = cast(ProblemError, exc)
@@ -126,8 +142,12 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> Response:
         exc = cast(StarletteHTTPException, exc)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route of the path; RFC 9110 wants all its methods.
+            headers["Allow"] = ", ".join(allowed_methods(request))
         return problem_response(
-            exc.status_code, str(exc.detail), instance=request.url.path, headers=exc.headers
+            exc.status_code, str(exc.detail), instance=request.url.path, headers=headers
         )
 
     app.add_exception_handler(ProblemError, on_problem)

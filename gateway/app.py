@@ -121,7 +121,10 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
     async def on_http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         return problem_response(
-            status, str(getattr(exc, "detail", "error")), instance=request.url.path
+            status,
+            str(getattr(exc, "detail", "error")),
+            instance=request.url.path,
+            headers=getattr(exc, "headers", None),  # a 405's Allow
         )
 
     rest = Starlette(

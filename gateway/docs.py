@@ -1,6 +1,7 @@
 """API documentation served by the gateway: combined OpenAPI, Swagger UI, AsyncAPI of the events."""
 
 import asyncio
+import copy
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -12,6 +13,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from common.problems import problem_response
+from gateway.contract import GATEWAY_PATHS as OWN_PATHS
+from gateway.contract import edge
 from gateway.proxy import fetch_json
 
 FETCH_TIMEOUT_S = 2.0
@@ -25,16 +28,7 @@ SWAGGER_UI = """<!doctype html>
 <script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
 </body></html>"""
 GATEWAY_PATHS: dict[str, Any] = {
-    "/livez": {"get": {"summary": "Liveness probe", "responses": {"200": {"description": "up"}}}},
-    "/readyz": {
-        "get": {
-            "summary": "Readiness probe (Redis, Kafka)",
-            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
-        }
-    },
-    "/metrics": {
-        "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
-    },
+    **OWN_PATHS,
     "/asyncapi.json": {
         "get": {"summary": "AsyncAPI of every Kafka topic", "responses": {"200": {}}}
     },
@@ -42,17 +36,14 @@ GATEWAY_PATHS: dict[str, Any] = {
 
 
 def merge(documents: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any]:
-    """One OpenAPI document from each service's; a missing service is named, not fatal."""
+    """One OpenAPI document from each service's, with the gateway's own routes and answers
+    (gateway.contract); a missing service is named, not fatal."""
     schemas: dict[str, Any] = {}
     merged: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Taskbus API", "version": "1"},
-        "paths": dict(GATEWAY_PATHS),
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-        "security": [{"bearer": []}],
+        "paths": copy.deepcopy(GATEWAY_PATHS),
+        "components": {"schemas": schemas},
     }
     missing = sorted(name for name, doc in documents.items() if doc is None)
     for name, doc in documents.items():
@@ -65,7 +56,7 @@ def merge(documents: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any]:
     if missing:
         merged["info"]["description"] = "Unavailable now, paths missing: " + ", ".join(missing)
         merged["info"]["x-taskbus-unavailable"] = missing
-    return merged
+    return edge(merged)
 
 
 def _rename_collisions(

@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from common.clock import utcnow
 from common.events import UserRegistered
 from common.problems import ProblemError
+from services.auth import responses
 from services.auth.clients import client_ip
 from services.auth.cookies import clear_cookie, set_cookie
 from services.auth.deps import CallerDep, Deps, DepsDep, bearer, get_caller, unauthorized
@@ -50,7 +51,11 @@ router = APIRouter(prefix="/api/auth", tags=["auth"])
 log = structlog.get_logger(__name__)
 
 
-@router.post("/register", status_code=201)
+@router.post(
+    "/register",
+    status_code=201,
+    responses=responses.REGISTER,
+)
 async def register(body: RegisterIn, response: Response, deps: DepsDep) -> AuthOut:
     """Create an account and sign it in."""
     now = utcnow()
@@ -77,20 +82,9 @@ def _field(name: str, msg: str = "") -> dict[str, Any]:
     return {"errors": [{"loc": ["body", name], "msg": msg or "conflict", "type": "value_error"}]}
 
 
-def _problems(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for problem+json answers, by status."""
-    problem: dict[str, Any] = {"application/problem+json": {}}
-    return {status: {"description": text, "content": problem} for status, text in described.items()}
-
-
 @router.post(
     "/login",
-    responses=_problems(
-        {
-            401: "wrong email or password (the same answer for an unknown account)",
-            429: "this address backs off on this account, or everywhere (Retry-After <= 300 s)",
-        }
-    ),
+    responses=responses.LOGIN,
 )
 async def login(body: LoginIn, request: Request, response: Response, deps: DepsDep) -> AuthOut:
     """Exchange email and password for a token pair."""
@@ -137,7 +131,7 @@ def _presented_refresh(body: RefreshIn | None, request: Request) -> str:
     return token
 
 
-@router.post("/refresh")
+@router.post("/refresh", responses=responses.REFRESH)
 async def refresh(
     request: Request, response: Response, deps: DepsDep, body: RefreshIn | None = None
 ) -> AuthOut:
@@ -172,7 +166,11 @@ async def refresh(
     raise unauthorized()
 
 
-@router.post("/logout", status_code=204)
+@router.post(
+    "/logout",
+    status_code=204,
+    responses=responses.LOGOUT,
+)
 async def logout(
     request: Request,
     deps: DepsDep,
@@ -211,7 +209,7 @@ async def _refresh_owner(deps: Deps, token: str) -> tuple[str, str]:
     return user.id, session.id
 
 
-@router.post("/logout-all", status_code=204)
+@router.post("/logout-all", status_code=204, responses=responses.SIGNED_IN)
 async def logout_all(caller: CallerDep, deps: DepsDep) -> Response:
     """End every session of the caller, on every device."""
     now = utcnow()
@@ -224,13 +222,16 @@ async def logout_all(caller: CallerDep, deps: DepsDep) -> Response:
     return response
 
 
-@router.get("/me")
+@router.get("/me", responses=responses.SIGNED_IN)
 async def me(caller: CallerDep) -> UserOut:
     """The caller's account."""
     return user_out(caller.user)
 
 
-@router.patch("/me")
+@router.patch(
+    "/me",
+    responses=responses.UPDATE_ME,
+)
 async def update_me(
     body: MePatch, request: Request, response: Response, caller: CallerDep, deps: DepsDep
 ) -> MeUpdated:
@@ -284,12 +285,7 @@ def _policy(password: str, email: str, field: str) -> None:
 @router.post(
     "/password-reset",
     status_code=202,
-    responses=_problems(
-        {
-            429: "this address asked for too many resets this hour (Retry-After)",
-            503: "too many reset requests in flight (Retry-After)",
-        }
-    ),
+    responses=responses.RESET,
 )
 async def request_reset(body: ResetIn, request: Request, deps: DepsDep) -> Accepted:
     """Mail a reset link if the account exists; neither the answer nor its timing says whether.
@@ -309,7 +305,11 @@ def _retry(seconds: int) -> dict[str, str]:
     return {"Retry-After": str(seconds)}
 
 
-@router.post("/password-reset/confirm", status_code=204)
+@router.post(
+    "/password-reset/confirm",
+    status_code=204,
+    responses=responses.CONFIRM_RESET,
+)
 async def confirm_reset(body: ResetConfirmIn, deps: DepsDep) -> Response:
     """Set a new password with a single-use reset token; every session is revoked."""
     now = utcnow()

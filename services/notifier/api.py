@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
+from common.openapi import AUTHENTICATED, problems
 from common.tokens import AccessClaims, Revocations, TokenVerifier, verify_bearer
 from services.notifier.domain import Preferences
 from services.notifier.storage import Store
@@ -40,13 +41,13 @@ Storage = Annotated[Store, Depends(_store)]
 router = APIRouter(prefix="/api/notifications", tags=["notifications"])
 
 
-@router.get("/preferences")
+@router.get("/preferences", responses=problems(*AUTHENTICATED))
 async def get_preferences(caller: Caller, store: Storage) -> Preferences:
     """The caller's notification preferences."""
     return await store.preferences(caller.sub)
 
 
-@router.put("/preferences")
+@router.put("/preferences", responses=problems(*AUTHENTICATED))
 async def put_preferences(body: Preferences, caller: Caller, store: Storage) -> Preferences:
     """Replace the caller's notification preferences (welcome and reset mails always go)."""
     await store.save_preferences(caller.sub, body)

@@ -6,9 +6,11 @@ from typing import Annotated, Any
 
 import orjson
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 
+from common.openapi import AUTHENTICATED, problems
 from common.problems import ProblemError, problem_response
 from common.task_models import TaskCreate, TaskPatch
 from common.tokens import Revocations, TokenVerifier, verify_bearer
@@ -34,8 +36,28 @@ from services.tasks.quota import TaskQuotaExceededError
 from services.tasks.service import TaskService
 
 log = structlog.get_logger(__name__)
-_ID = re.compile(r"[0-9a-f]{24}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+# The OpenAPI schemas of the headers and ids the routes check by hand (400 or 404 past them).
+IDEMPOTENCY_KEY_SCHEMA = {"pattern": "^[!-~]{1,200}$", "minLength": 1, "maxLength": 200}
+TASK_ID_SCHEMA = {"pattern": "^[0-9a-f]{24}$"}
+ETAG_HEADER = {"required": True, "schema": {"type": "string", "pattern": '^"[0-9]+"$'}}
+_TASK_HEADERS = {"ETag": ETAG_HEADER, "Cache-Control": {"schema": {"type": "string"}}}
+_LOCATION = {"required": True, "schema": {"type": "string"}}
+# The stateful contract test follows these from a created task to its other operations.
+_TASK_LINKS = {
+    verb: {"operationId": op, "parameters": {"task_id": "$response.body#/id"}}
+    for verb, op in (("GetTask", "get_task"), ("DeleteTask", "delete_task"))
+} | {
+    "UpdateTask": {
+        "operationId": "update_task",
+        "parameters": {"task_id": "$response.body#/id", "header.If-Match": "$response.header.ETag"},
+    }
+}
+_ON_TASK = problems(
+    *AUTHENTICATED,
+    described={404: "no such task (also: another user's, or a malformed id)"},
+)
+_PRECONDITION = {412: "the task changed since the version in If-Match"}
 
 _ERRORS: dict[type[TaskError], tuple[int, str]] = {
     TaskNotFoundError: (404, "no such task"),
@@ -70,18 +92,33 @@ def deps(request: Request) -> Deps:
 DepsDep = Annotated[Deps, Depends(deps)]
 
 
-async def caller(d: DepsDep, authorization: Annotated[str | None, Header()] = None) -> str:
+async def caller(request: Request, d: DepsDep) -> str:
     """The verified, unrevoked token's subject; one uniform 401 whatever is wrong with it."""
+    # Read from the request, not declared as a parameter: the contract states it as security.
+    authorization = request.headers.get("authorization")
     return (await verify_bearer(d.verifier, d.revocations, authorization)).sub
 
 
 Owner = Annotated[str, Depends(caller)]
+TaskId = Annotated[str, Path(json_schema_extra=TASK_ID_SCHEMA)]
 
 
-def _task_id(task_id: str) -> str:
-    if not _ID.fullmatch(task_id):
-        raise TaskNotFoundError(task_id)  # malformed ids do not exist either
-    return task_id
+class TaskIdConvertor(Convertor[str]):
+    """A task id in a path: 24 hex digits, so /api/tasks/stats is no task's path (PATCH there is
+    405, not a body validation) and a malformed id matches no route (404 like an unknown one)."""
+
+    regex = "[0-9a-f]{24}"
+
+    def convert(self, value: str) -> str:
+        """The id as the route receives it."""
+        return value
+
+    def to_string(self, value: str) -> str:
+        """The id as it appears in a path."""
+        return value
+
+
+register_url_convertor("task_id", TaskIdConvertor())
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -102,19 +139,31 @@ router = APIRouter(prefix="/api/tasks", tags=["tasks"])
     "",
     status_code=201,
     response_model=Task,
+    operation_id="create_task",
     responses={
-        409: {
-            "description": f"the caller stores its maximum of tasks (type {QUOTA_PROBLEM}), or "
-            "the task an Idempotency-Key created has been deleted",
-            "content": {"application/problem+json": {}},
-        }
+        201: {
+            "headers": {
+                **_TASK_HEADERS,
+                "Location": {"required": True, "schema": {"type": "string"}},
+            },
+            "links": _TASK_LINKS,
+        },
+        **problems(
+            *AUTHENTICATED,
+            described={
+                400: "Idempotency-Key is not 1..200 visible ASCII characters",
+                409: f"the caller stores its maximum of tasks (type {QUOTA_PROBLEM}), or "
+                "the task an Idempotency-Key created has been deleted",
+                422: "invalid input, or an Idempotency-Key reused for another request",
+            },
+        ),
     },
 )
 async def create_task(
     body: TaskCreate,
     owner: Owner,
     d: DepsDep,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header(json_schema_extra=IDEMPOTENCY_KEY_SCHEMA)] = None,
 ) -> Response:
     """Create a task; a retry with the same Idempotency-Key returns the first result."""
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
@@ -126,7 +175,14 @@ async def create_task(
     return _task_response(stored, 201, headers)
 
 
-@router.get("", response_model=TaskPage)
+@router.get(
+    "",
+    response_model=TaskPage,
+    operation_id="list_tasks",
+    responses=problems(
+        *AUTHENTICATED, described={400: "the cursor was not issued for this query (or is garbled)"}
+    ),
+)
 async def list_tasks(query: Annotated[ListQuery, Query()], owner: Owner, d: DepsDep) -> Response:
     """The caller's tasks, filtered, sorted, one page at a time (opaque cursor)."""
     after = decode_cursor(d.cursor_secret, query, query.cursor) if query.cursor else None
@@ -136,22 +192,36 @@ async def list_tasks(query: Annotated[ListQuery, Query()], owner: Owner, d: Deps
     return _json(body, headers={"Cache-Control": "private, no-cache"})
 
 
-@router.get("/stats", response_model=TaskStats)
+@router.get(
+    "/stats",
+    response_model=TaskStats,
+    operation_id="task_stats",
+    responses=problems(*AUTHENTICATED),
+)
 async def task_stats(owner: Owner, d: DepsDep) -> Response:
     """Counts of the caller's tasks by status and by priority."""
     stats = await d.tasks.stats(owner)
     return _json(stats.model_dump(mode="json"), headers={"Cache-Control": "private, no-cache"})
 
 
-@router.get("/{task_id}", response_model=Task)
+@router.get(
+    "/{task_id:task_id}",
+    response_model=Task,
+    operation_id="get_task",
+    responses={
+        200: {"headers": _TASK_HEADERS},
+        304: {"description": "If-None-Match names the current version", "headers": _TASK_HEADERS},
+        **_ON_TASK,
+    },
+)
 async def get_task(
-    task_id: str,
+    task_id: TaskId,
     owner: Owner,
     d: DepsDep,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """One task; 304 when If-None-Match names its current version."""
-    task = await d.tasks.get(owner, _task_id(task_id))
+    task = await d.tasks.get(owner, task_id)
     if if_none_match_hit(if_none_match, task.version):
         return Response(
             status_code=304,
@@ -160,28 +230,38 @@ async def get_task(
     return _task_response(task)
 
 
-@router.patch("/{task_id}", response_model=Task)
+@router.patch(
+    "/{task_id:task_id}",
+    response_model=Task,
+    operation_id="update_task",
+    responses={200: {"headers": _TASK_HEADERS}, **_ON_TASK, **problems(described=_PRECONDITION)},
+)
 async def update_task(
-    task_id: str,
+    task_id: TaskId,
     body: TaskPatch,
     owner: Owner,
     d: DepsDep,
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Change some fields; 412 when If-Match names a stale version."""
-    task = await d.tasks.update(owner, _task_id(task_id), body, if_match)
+    task = await d.tasks.update(owner, task_id, body, if_match)
     return _task_response(task)
 
 
-@router.delete("/{task_id}", status_code=204)
+@router.delete(
+    "/{task_id:task_id}",
+    status_code=204,
+    operation_id="delete_task",
+    responses={**_ON_TASK, **problems(described=_PRECONDITION)},
+)
 async def delete_task(
-    task_id: str,
+    task_id: TaskId,
     owner: Owner,
     d: DepsDep,
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Delete a task; 412 when If-Match names a stale version."""
-    await d.tasks.delete(owner, _task_id(task_id), if_match)
+    await d.tasks.delete(owner, task_id, if_match)
     return Response(status_code=204)
 
 
