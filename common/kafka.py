@@ -10,7 +10,7 @@ from aiokafka.helpers import create_ssl_context
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
-from faststream.security import BaseSecurity, SASLScram256, SASLScram512
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -57,8 +57,8 @@ def _broker_security(settings: ServiceSettings) -> BaseSecurity | None:
     options = kafka_options(settings)
     if not options:
         return None
-    scram = SASLScram512 if options["sasl_mechanism"] == "SCRAM-SHA-512" else SASLScram256
-    return scram(
+    kinds = {"SCRAM-SHA-512": SASLScram512, "SCRAM-SHA-256": SASLScram256, "PLAIN": SASLPlaintext}
+    return kinds[options["sasl_mechanism"]](
         options["sasl_plain_username"],
         options["sasl_plain_password"],
         ssl_context=options.get("ssl_context"),

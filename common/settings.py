@@ -13,7 +13,9 @@ from pydantic_settings import (
 
 Environment = Literal["dev", "test", "production"]
 KafkaProtocol = Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"]
-KafkaMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256"]
+# PLAIN only for a cluster's bootstrap super user (compose: its password is in the broker's
+# JAAS config, so it can create the SCRAM users); every service uses SCRAM.
+KafkaMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 # Passwords the local stack generates (deploy/local/kafka_security.py) start with this marker, so
 # a production process can tell and refuse them wherever they were copied.
 DEV_KAFKA_PASSWORD_MARKER = "taskbus-dev-"  # noqa: S105 - a marker, not a password

@@ -19,10 +19,13 @@ from aiokafka.errors import (
     KafkaConnectionError,
     TopicAuthorizationFailedError,
 )
+from pydantic import SecretStr
 
 from common.events import TASKS_TOPIC, USERS_TOPIC, answers_topic, commands_topic
 from common.kafka_acls import SERVICES, producer_principal, service_acls, service_principal
 from common.kafka_admin import describe_acls
+from common.kafka_setup import setup
+from common.settings import ServiceSettings
 from deploy.local.kafka_security import Credentials, apply_principals, create_credentials
 from tests.support.infra import KAFKA_BOOTSTRAP, KAFKA_CREDENTIALS
 from tests.support.kafka_broker import KafkaCluster
@@ -225,3 +228,30 @@ async def test_the_broker_holds_exactly_the_acl_table_for_a_prefix(
             assert mine == set(service_acls(service, producers.prefix))
     finally:
         await admin.close()
+
+
+async def test_kafka_setup_applies_the_table_a_cluster_operator_runs(
+    kafka: SecureKafka, prefix: str
+) -> None:
+    """`python -m common.kafka_setup` (compose's kafka-setup) grants what the local stack does."""
+    settings = ServiceSettings(
+        kafka_bootstrap=kafka.bootstrap,
+        topic_prefix=f"{prefix}.",
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_username="admin",
+        kafka_password=SecretStr(kafka.credentials.admin_password),
+    )
+    users = {service_principal(s): kafka.credentials.users[service_principal(s)] for s in SERVICES}
+    await setup(settings, users)
+    topic = f"{prefix}.{TASKS_TOPIC}"
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=kafka.bootstrap, **kafka.credentials.admin_options()
+    )
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+        held = await describe_acls(admin, f"User:{service_principal('notifier')}")
+    finally:
+        await admin.close()
+    assert set(service_acls("notifier", f"{prefix}.")) <= held
+    await _produce(kafka, kafka.options(service_principal("tasks")), topic)  # the users work

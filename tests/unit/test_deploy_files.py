@@ -60,6 +60,23 @@ def test_compose_runs_each_service_module_with_replicas() -> None:
     assert {"kafka", "mongo", "redis", "mail", "lb"} <= services.keys()
 
 
+def test_compose_talks_to_kafka_over_sasl_ssl_one_principal_per_service() -> None:
+    services = _compose()["services"]
+    broker = services["kafka"]["environment"]
+    assert broker["KAFKA_LISTENERS"] == "SASL_SSL://:9092,CONTROLLER://:9093"
+    assert "PLAINTEXT:PLAINTEXT" not in broker["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    assert broker["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert broker["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert services["kafka-setup"]["command"] == ["python", "-m", "common.kafka_setup"]
+    assert importlib.util.find_spec("common.kafka_setup") is not None
+    for name in SERVICES:
+        env = services[name]["environment"]
+        assert env["TASKBUS_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert env[f"{name.upper()}_KAFKA_USERNAME"] == f"svc-{name}"
+        setup = services[name]["depends_on"]["kafka-setup"]
+        assert setup == {"condition": "service_completed_successfully"}
+
+
 @pytest.mark.parametrize(
     ("name", "doc"), _k8s_documents(), ids=lambda v: v if isinstance(v, str) else v["kind"]
 )
