@@ -102,14 +102,18 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route of the app serves on this request's path."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
+    """Every method some route of the app serves on this request's path (asked of the routes
+    themselves: FastAPI wraps included routers in routes of its own)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    ]
 
 
 def install_problem_handlers(app: FastAPI) -> None:

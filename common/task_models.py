@@ -6,19 +6,22 @@ here changes it everywhere.
 """
 
 import hashlib
+import re
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from common.events import TaskPriority, TaskStatus
 
@@ -38,11 +41,47 @@ def _to_ms(value: datetime | None) -> datetime | None:
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# Trimmed, so at least one character must be no whitespace (the contract's pattern says so).
+_VISIBLE = r"\S"
+Title = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    Field(json_schema_extra={"pattern": _VISIBLE}),
+]
 Description = Annotated[str, StringConstraints(max_length=10_000)]
-Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)]
+Tag = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=50),
+    Field(json_schema_extra={"pattern": _VISIBLE}),
+]
 Tags = Annotated[list[Tag], Field(max_length=20), AfterValidator(lambda v: list(dict.fromkeys(v)))]
-DueAt = Annotated[AwareDatetime | None, AfterValidator(_to_ms)]
+# Years 0001 to 8999 (datetime has no year 0; 9000 on is refused above), for the contract.
+_YEARS = r"^(?:[1-8][0-9]{3}|0(?:[1-9][0-9]{2}|0[1-9][0-9]|00[1-9]))-"
+
+
+_DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt]")
+
+
+def _text_only(value: object) -> object:
+    """A date is an RFC 3339 date-time: lax parsing would take 0 or "0.5" for 1970-01-01."""
+    if isinstance(value, int | float) or (isinstance(value, str) and not _DATE_TIME.match(value)):
+        raise ValueError("dates are RFC 3339 date-time strings")
+    return value
+
+
+DueAt = Annotated[
+    AwareDatetime | None,
+    BeforeValidator(_text_only),
+    AfterValidator(_to_ms),
+    Field(json_schema_extra={"pattern": _YEARS}),
+]
+
+
+def _no_null_defaults(schema: dict[str, Any]) -> None:
+    """A field that may be left out but not sent as null has no `default: null` in the schema."""
+    for field in schema.get("properties", {}).values():
+        if "default" in field and field["default"] is None and "anyOf" not in field:
+            del field["default"]
 
 
 class TaskCreate(BaseModel):
@@ -64,13 +103,14 @@ class TaskCreate(BaseModel):
 class TaskPatch(BaseModel):
     """Body of PATCH /api/tasks/{id}: only the fields sent change; due_at may be null."""
 
-    model_config = ConfigDict(extra="forbid")
-    title: Title | None = None
-    description: Description | None = None
-    status: TaskStatus | None = None
-    priority: TaskPriority | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_no_null_defaults)
+    # Absent means unchanged; null is refused (below) and so not in the schema.
+    title: Title | SkipJsonSchema[None] = None
+    description: Description | SkipJsonSchema[None] = None
+    status: TaskStatus | SkipJsonSchema[None] = None
+    priority: TaskPriority | SkipJsonSchema[None] = None
     due_at: DueAt = None
-    tags: Tags | None = None
+    tags: Tags | SkipJsonSchema[None] = None
 
     @model_validator(mode="after")
     def _only_due_at_nullable(self) -> "TaskPatch":

@@ -1,7 +1,8 @@
 """Request and response bodies of the auth API (unknown fields rejected, every size capped)."""
 
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
+from email_validator import SPECIAL_USE_DOMAIN_NAMES
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -13,6 +14,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from services.auth.domain import (
     PASSWORD_MAX,
@@ -26,8 +28,25 @@ REFRESH_COOKIE = "taskbus_refresh"
 COOKIE_PATH = "/api/auth"
 UNAUTHORIZED = "authentication failed"
 Password = Annotated[str, Field(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-Email = Annotated[EmailStr, Field(max_length=254)]
+# Trimmed, so some character must be no whitespace (the contract's pattern says so).
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    Field(json_schema_extra={"pattern": r"\S"}),
+]
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" for c in word)
+
+
+# email-validator refuses special-use domains (RFC 6761): the contract says so, portably (no
+# inline flags), and a generated address ending in .test is known to be refused.
+_SPECIAL_USE = "|".join(_any_case(name) for name in SPECIAL_USE_DOMAIN_NAMES)
+Email = Annotated[
+    EmailStr,
+    Field(max_length=254, json_schema_extra={"not": {"pattern": f"[@.]({_SPECIAL_USE})$"}}),
+]
 OpaqueToken = Annotated[str, Field(min_length=1, max_length=200)]
 
 
@@ -69,15 +88,37 @@ class RefreshIn(Input):
     refresh_token: OpaqueToken | None = None
 
 
+# What _consistent enforces, in the contract: a name, or a new password with the current one.
+_ME_PATCH_SHAPES = {
+    "anyOf": [
+        {"required": ["new_password", "current_password"]},
+        {"required": ["name"], "properties": {"new_password": False}},
+    ]
+}
+
+
+def _me_patch_schema(schema: dict[str, Any]) -> None:
+    schema.update(_ME_PATCH_SHAPES)
+    for field in schema["properties"].values():
+        field.pop("default", None)  # absent, never null
+
+
 class MePatch(Input):
     """PATCH /api/auth/me: a new name and/or a new password (with the current one)."""
 
-    name: Name | None = None
-    current_password: Annotated[str, Field(min_length=1, max_length=PASSWORD_MAX)] | None = None
-    new_password: Password | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_me_patch_schema)
+    # Absent means unchanged; null is refused (below) and so not in the schema.
+    name: Name | SkipJsonSchema[None] = None
+    current_password: (
+        Annotated[str, Field(min_length=1, max_length=PASSWORD_MAX)] | SkipJsonSchema[None]
+    ) = None
+    new_password: Password | SkipJsonSchema[None] = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        nulls = sorted(f for f in self.model_fields_set if getattr(self, f) is None)
+        if nulls:
+            raise ValueError(f"may not be null: {', '.join(nulls)}")
         if self.name is None and self.new_password is None:
             raise ValueError("nothing to change: give name or new_password")
         if self.new_password is not None and self.current_password is None:

@@ -9,7 +9,7 @@ from email.utils import parseaddr
 from typing import Any, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
 from common.events import (
     PAYLOAD_TYPES,
@@ -44,7 +44,8 @@ class Preferences(BaseModel):
     """A user's notification choices; welcome and password-reset mails are not optional."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    reminders: bool = True
+    # Strict: lax parsing would take 0 or "yes" for a boolean the schema says it is.
+    reminders: StrictBool = True
 
 
 @dataclass(frozen=True)

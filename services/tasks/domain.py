@@ -200,7 +200,15 @@ class ListQuery(BaseModel):
     q: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
     sort: SortKey = "-created_at"
     limit: int = Field(default=20, ge=1, le=MAX_PAGE)
-    cursor: Annotated[str, StringConstraints(max_length=512)] | None = None
+    # Two base64url parts (what encode_cursor makes; empty: the first page); else a 400.
+    cursor: (
+        Annotated[
+            str,
+            StringConstraints(max_length=512),
+            Field(json_schema_extra={"pattern": r"^([A-Za-z0-9_-]*\.[A-Za-z0-9_-]*)?$"}),
+        ]
+        | None
+    ) = None
 
     @property
     def sort_field(self) -> str:
