@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 
 from common.clock import utcnow
 from common.events import USERS_TOPIC, SessionsRevoked, new_event
-from common.kafka import ensure_topics
+from common.kafka import ensure_topics, kafka_options
 from common.revocations import RevocationFeed, RevocationList
 from common.settings import ServiceSettings
 
@@ -30,7 +30,10 @@ async def main(count: int) -> None:
     settings = ServiceSettings(service_name="bench", topic_prefix=prefix, kafka_partitions=6)
     await ensure_topics(settings, [USERS_TOPIC])
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=20
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        linger_ms=20,
+        **kafka_options(settings),
     )
     await producer.start()
     try:

@@ -24,7 +24,9 @@ from aiokafka import AIOKafkaConsumer
 from pymongo import AsyncMongoClient
 
 from common.events import TASKS_TOPIC, Envelope
+from common.outbox import PENDING
 from tests.support.infra import KAFKA_BOOTSTRAP, MONGO_URL
+from tests.support.kafka_auth import client_options
 from tests.support.tasks import tasks_process
 from tests.support.tokens import SigningKey
 
@@ -62,7 +64,10 @@ async def _timed(n: int, call: Callable[[int], Awaitable[httpx.Response]]) -> di
 async def _relay_lag(api: httpx.AsyncClient, topic: str, n: int) -> float:
     """Median ms from a create's 201 to its task.created.v1 being readable on Kafka."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=KAFKA_BOOTSTRAP, group_id=f"bench-{uuid.uuid4().hex}"
+        topic,
+        bootstrap_servers=KAFKA_BOOTSTRAP,
+        group_id=f"bench-{uuid.uuid4().hex}",
+        **client_options(),
     )
     await consumer.start()
     arrived: dict[str, float] = {}
@@ -82,7 +87,7 @@ async def _relay_lag(api: httpx.AsyncClient, topic: str, n: int) -> float:
         reader = asyncio.create_task(consume())
         for i in range(n):
             response = await api.post("/api/tasks", json={"title": f"lag {i}"})
-            acked[response.json()["id"]] = time.perf_counter()
+            acked[response.raise_for_status().json()["id"]] = time.perf_counter()
             await asyncio.sleep(0.02)  # spaced like independent users, not a burst
         await asyncio.wait_for(reader, 60)
         return statistics.median(1000 * (arrived[k] - acked[k]) for k in acked)
@@ -94,7 +99,7 @@ async def _drained(prefix: str) -> None:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(MONGO_URL)
     try:
         tasks = client[f"{prefix}_tasks"]["tasks"]
-        while await tasks.count_documents({"pending": True}):  # noqa: ASYNC110 - another process
+        while await tasks.count_documents({PENDING: True}):  # noqa: ASYNC110 - another process
             await asyncio.sleep(0.2)
     finally:
         await client.close()

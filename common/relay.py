@@ -34,6 +34,9 @@ from common.relay_clear import Batch, Sent, clear
 Publish = Callable[[str, Envelope], Awaitable[None]]
 log = structlog.get_logger(__name__)
 _RETRY_AFTER_ERROR_S = 2.0
+# How long one clearing call may hold the database: FerretDB serialises writes, so a longer
+# call delays every writer's insert (at 10,000 documents a 100-document call took over 3 s).
+_CLEAR_CALL_S = 0.5
 
 
 def _raise_if_cancelled() -> None:
@@ -72,6 +75,7 @@ class OutboxRelay:
         self._named: dict[str, dict[str, list[Doc] | None]] = {name: {} for name in self._sources}
         self._sent: dict[str, dict[str, Sent]] = {name: {} for name in self._sources}
         self._to_clear = asyncio.Event()
+        self._clear_size = batch  # documents per clearing call, adapted to its duration
         self._backlog = BacklogGauge(service, self._count_backlog, every_s=backlog_every_s)
         self._backlog_every_s = backlog_every_s
         self.backlog = 0  # the last count: writers read it without scanning (backpressure)
@@ -177,7 +181,7 @@ class OutboxRelay:
             for start in range(0, len(unknown), self._batch):
                 published += await self._publish_batch(source, unknown[start : start + self._batch])
             if known:
-                published += await self._publish_batch(source, sorted(known), known)
+                published += await self._publish_known(source, known)
             if sweep:
                 published += await self._sweep(source)
         return published
@@ -203,20 +207,33 @@ class OutboxRelay:
         found = source.collection.find(where, {"_id": 1}).limit(self._batch)
         return [doc["_id"] async for doc in found]
 
-    async def _publish_batch(
-        self, source: OutboxSource, ids: list[str], known: Mapping[str, list[Doc]] | None = None
-    ) -> int:
-        """Publish the outboxes of `ids` this relay leases (read, unless `known`); events out."""
+    async def _publish_known(self, source: OutboxSource, known: Mapping[str, list[Doc]]) -> int:
+        """Publish just-inserted documents from their writers' outboxes, then lease them.
+
+        No read and no lease before the publish: a create's event goes out after one Kafka round
+        trip. The lease taken afterwards holds other relays' sweeps off until the document is
+        cleared; one that found it first publishes it again (at least once).
+        """
+        sent = self._sent[source.name]
+        docs = {d: {"_id": d, OUTBOX: outbox} for d, outbox in known.items() if d not in sent}
+        outcomes = await asyncio.gather(
+            *(self._publish_doc(source, doc_id, doc, None) for doc_id, doc in docs.items())
+        )
+        token, taken = await self._leases.take(source.name, [d for d in docs if d in sent])
+        for doc_id in taken:
+            sent[doc_id].token = token
+        self._to_clear.set()
+        return sum(count for count, _ in outcomes)
+
+    async def _publish_batch(self, source: OutboxSource, ids: list[str]) -> int:
+        """Publish the outboxes of `ids` this relay leases; how many events went out."""
         sent = self._sent[source.name]
         # A document still remembered keeps the lease taken when it was published.
         kept = {d: t for d in ids if d in sent and (t := sent[d].token) is not None}
         token, taken = await self._leases.take(source.name, [d for d in ids if d not in kept])
         owned = {**kept, **dict.fromkeys(taken, token)}
-        if known is None:
-            found = source.collection.find({"_id": {"$in": sorted(owned)}}, source.projection())
-            docs = {doc["_id"]: doc async for doc in found}
-        else:  # just inserted: the writer's outbox is the document's, and no tombstone
-            docs = {d: {"_id": d, OUTBOX: known[d]} for d in sorted(owned)}
+        found = source.collection.find({"_id": {"$in": sorted(owned)}}, source.projection())
+        docs = {doc["_id"]: doc async for doc in found}
         outcomes = await asyncio.gather(
             *(self._publish_doc(source, doc_id, doc, owned[doc_id]) for doc_id, doc in docs.items())
         )
@@ -235,7 +252,7 @@ class OutboxRelay:
             await self._leases.release(source, doc_ids, token)
 
     async def _publish_doc(
-        self, source: OutboxSource, doc_id: str, doc: Doc, token: str
+        self, source: OutboxSource, doc_id: str, doc: Doc, token: str | None
     ) -> tuple[int, bool]:
         """Publish one document's new entries and remember them: (how many, let go of it now).
 
@@ -283,10 +300,10 @@ class OutboxRelay:
         handled = 0
         for name, source in self._sources.items():
             sent = self._sent[name]
-            picked = dict(list(sent.items())[: self._batch])
+            picked = dict(list(sent.items())[: self._clear_size])
             if not picked:
                 continue
-            held = await clear(source, Batch(picked))
+            held = await self._timed_clear(source, Batch(picked))
             _raise_if_cancelled()
             tokens: dict[str, str] = {}
             for doc_id in held:
@@ -297,6 +314,22 @@ class OutboxRelay:
             await self._release(name, tokens)
             handled += len(held)
         return handled
+
+    async def _timed_clear(self, source: OutboxSource, batch: Batch) -> set[str]:
+        """`clear`, halving the next call's size when one runs long or fails, else growing it."""
+        clock = asyncio.get_running_loop().time
+        began = clock()
+        try:
+            held = await clear(source, batch)
+        except Exception:
+            self._clear_size = max(1, self._clear_size // 2)
+            raise
+        took = clock() - began
+        if took > _CLEAR_CALL_S:
+            self._clear_size = max(1, self._clear_size // 2)
+        elif took < _CLEAR_CALL_S / 2:
+            self._clear_size = min(self._batch, self._clear_size * 2)
+        return held
 
     async def pending_events(self) -> int:
         """How many events wait in every source's outboxes, not yet published (backlog gauge)."""

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from common.outbox import OUTBOX, PENDING, Doc, OutboxSource
 
 
-@dataclass(frozen=True)
+@dataclass
 class Sent:
     """What the relay published of one document: its outbox as read and the published prefix.
 
-    `token` is the relay lease kept until the document is cleared (None: already given up).
+    `token` is the relay lease kept until the document is cleared (None: given up, or not yet
+    taken); the rest never changes.
     """
 
     read: list[Doc]
@@ -102,10 +103,11 @@ async def _clear_whole(source: OutboxSource, ids: list[str], batch: Batch) -> in
         # Unchanged since read means all of it went out: writers only append, and entries
         # leave only as a published prefix, so the same size and the same first entry
         # suffice. That holds even for a relay whose lease expired while it published.
-        ors = [_unchanged(doc_id, batch.sent[doc_id].read) for doc_id in group]
+        # The `_id` list first: a server that looks ids up by index evaluates the rest on those.
+        where = {"_id": {"$in": group}, "$or": [_unchanged(d, batch.sent[d].read) for d in group]}
         if group is tombs:
-            count += (await source.collection.delete_many({"$or": ors})).deleted_count
+            count += (await source.collection.delete_many(where)).deleted_count
         else:
             update = {"$set": {OUTBOX: []}, "$unset": {PENDING: ""}}
-            count += (await source.collection.update_many({"$or": ors}, update)).modified_count
+            count += (await source.collection.update_many(where, update)).modified_count
     return count

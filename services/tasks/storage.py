@@ -102,6 +102,17 @@ def from_doc(doc: Doc) -> Task:
     )
 
 
+def new_doc(task: Task, *, idem_key: str | None, fingerprint: str) -> Doc:
+    """The stored form of a new task, before its outbox."""
+    return to_doc(task) | {
+        "deleted": False,
+        "idem": f"k:{idem_key}" if idem_key else f"id:{task.id}",
+        "fp": fingerprint,
+        "remind": wants_reminder(task, None),
+        "reminded_for": None,
+    }
+
+
 def created_outbox(event: Envelope, also: Sequence[OutboxEntry] = ()) -> list[OutboxEntry]:
     """The outbox a new task is inserted with (its writer hands it to the relay as is)."""
     return [task_entry(event), *also]
@@ -187,13 +198,7 @@ class TaskStore:
         also: Sequence[OutboxEntry] = (),
     ) -> tuple[Task, bool]:
         """Insert the task with its created event (and `also`); (task, replayed) for a retry."""
-        doc = to_doc(task) | {
-            "deleted": False,
-            "idem": f"k:{idem_key}" if idem_key else f"id:{task.id}",
-            "fp": fingerprint,
-            "remind": wants_reminder(task, None),
-            "reminded_for": None,
-        }
+        doc = new_doc(task, idem_key=idem_key, fingerprint=fingerprint)
         try:
             await self.tasks.insert_one(with_entries(doc, *created_outbox(event, also)))
         except DuplicateKeyError:

@@ -1,0 +1,1 @@
+"""Benchmarks: each module writes its results to docs/ (see the README)."""
