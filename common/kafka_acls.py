@@ -66,8 +66,9 @@ SERVICE_GRANTS: dict[str, tuple[Grant, ...]] = {
     "tasks": (
         _topic(TASKS_TOPIC, *WRITE_TOPIC, *CREATE),
         _topic(USERS_TOPIC, *READ_TOPIC, *CREATE),  # the revocation feed
-        # Commands in from every producer, answers out to each (issue 13).
-        _topic(COMMANDS_PREFIX, *READ_TOPIC, prefixed=True),
+        # Commands in from every producer, answers out to each (issue 13). It creates the command
+        # topics of the producers its policies file names (creating one grants no write on it).
+        _topic(COMMANDS_PREFIX, *READ_TOPIC, *CREATE, prefixed=True),
         _topic(ANSWERS_PREFIX, *WRITE_TOPIC, *CREATE, prefixed=True),
         _groups("tasks."),
     ),
