@@ -1,0 +1,89 @@
+"""The OpenAPI contract tells the truth: schemathesis, every check on, against the running gateway.
+
+The whole stack runs (auth, tasks, notifier, gateway on the shared infra); schemathesis loads the
+gateway's combined /openapi.json and runs its examples, coverage, fuzzing and stateful phases
+(create a task, then get, patch and delete it along the document's links) with a new user's
+token. Rate limits are raised for this stack only: the contract says that 429 can come (it is
+declared on every operation), but a run spent on 429s would test nothing behind them.
+"""
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+
+from tests.support.contract import (
+    contract_config,
+    fresh_idempotency_keys,
+    fresh_user_auth,
+    run,
+)
+from tests.support.system import running_system
+
+pytestmark = pytest.mark.e2e
+
+_HIGH = 100_000
+STACK_ENV = {
+    "GATEWAY_RATE_LIMITS": json.dumps(
+        [
+            {"name": f"{scope}-{key}", "limit": _HIGH, "window_s": 60, "scope": scope, "key": key}
+            for scope, key in (("login", "ip"), ("public", "ip"), ("api", "user"), ("meta", "ip"))
+        ]
+    ),
+}
+EXAMPLES = 25
+
+
+@pytest.fixture(scope="module")
+async def gateway_url() -> AsyncIterator[str]:
+    prefix = f"ctr{uuid.uuid4().hex[:10]}"
+    async with running_system(prefix, ["auth", "tasks", "notifier", "gateway"], **STACK_ENV) as p:
+        yield p["gateway"].url
+
+
+def test_schemathesis_finds_no_failure_with_every_check_on(gateway_url: str) -> None:
+    config = contract_config(max_examples=EXAMPLES)
+    schema = schemathesis.openapi.from_url(f"{gateway_url}/openapi.json", config=config)
+    fresh_user_auth(schema, gateway_url)
+    fresh_idempotency_keys()
+    outcome = run(schema)
+    assert not outcome.failures, outcome.report()
+    assert not outcome.errors, outcome.report()
+    # Every phase ran, the stateful one along the links of a created task (get, patch, delete).
+    assert set(outcome.scenarios) >= {"coverage", "fuzzing", "stateful"}, outcome.scenarios
+    assert outcome.links >= 3
+
+
+def _undeclare_401(document: dict[str, Any]) -> str:
+    del document["paths"]["/api/tasks/stats"]["get"]["responses"]["401"]
+    return "/api/tasks/stats"
+
+
+def _declare_null_priority(document: dict[str, Any]) -> str:
+    field = document["components"]["schemas"]["TaskPatch"]["properties"]["priority"]
+    field["anyOf"] = [{"enum": field.pop("enum"), "type": field.pop("type")}, {"type": "null"}]
+    return "/api/tasks/{task_id}"
+
+
+@pytest.mark.parametrize(
+    ("lie", "caught_as"),
+    [
+        (_undeclare_401, "ST103 Undocumented status code"),
+        (_declare_null_priority, "ST202 Schema-valid request rejected"),
+    ],
+)
+def test_a_contract_that_lies_is_caught(
+    gateway_url: str, lie: Callable[[dict[str, Any]], str], caught_as: str
+) -> None:
+    """The check can fail: the served document with one lie in it, on that operation only."""
+    document = httpx.get(f"{gateway_url}/openapi.json", timeout=10).json()
+    path = lie(document)
+    config = contract_config(max_examples=5, phases=["coverage"], base_url=gateway_url)
+    schema = schemathesis.openapi.from_dict(document, config=config).include(path=path)
+    fresh_user_auth(schema, gateway_url)
+    outcome = run(schema)
+    assert any(caught_as in failure for failure in outcome.failures), outcome.report()
