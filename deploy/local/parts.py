@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.kafka import kafka_options
+from common.settings import ServiceSettings
 from deploy.local.kafka_security import (
     Credentials,
     credentials_path,
@@ -360,9 +362,10 @@ def _infra(state: Path, cache: Path) -> list[Part]:
 
 
 def _admin_options(state: Path) -> dict[str, Any]:
-    # Read at each check: `up` may create the credentials after the stack was loaded.
+    # Read at each check: `up` may create the credentials after the stack was loaded. Without
+    # any (`up --apps` on another stack's broker), as the environment's TASKBUS_KAFKA_* say.
     credentials = load_credentials(credentials_path(state))
-    return credentials.admin_options() if credentials else {}
+    return credentials.admin_options() if credentials else kafka_options(ServiceSettings())
 
 
 def _app(name: str, env: dict[str, str]) -> Part:
