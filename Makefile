@@ -85,13 +85,17 @@ bench-relay: ## outbox relay events/s vs tasks creates/s in one run (needs Kafka
 bench-notifier: ## notifier mails/s, 1 vs 2 replicas (needs Kafka, FerretDB) -> docs/bench-notifier.md
 	@$(PY) -m bench.bench_notifier
 
+.PHONY: bench-database
+bench-database: install ## FerretDB stock vs patched: _id lookups and updates at 1k/10k/50k documents, tasks GET by id -> docs/bench-database.md
+	@$(PY) -m bench.bench_database
+
 .PHONY: bench-caches
 bench-caches: ## the gateway's token/L1 caches and the client's ETag cache, µs per call (no services needed)
 	@$(PY) -m bench.bench_gateway_caches
 	@$(PY) -m bench.bench_client_cache
 
 .PHONY: bench
-bench: bench-jwt bench-gateway bench-tasks bench-relay bench-notifier bench-caches ## every benchmark; results under docs/
+bench: bench-jwt bench-gateway bench-tasks bench-relay bench-notifier bench-database bench-caches ## every benchmark; results under docs/
 
 .PHONY: event-schemas
 event-schemas: ## regenerate docs/events/<type>.json and docs/asyncapi.json from the models (refuses a breaking change)

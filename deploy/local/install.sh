@@ -57,20 +57,15 @@ if [ ! -f "$kafka_stamp" ]; then
   touch "$kafka_stamp"
 fi
 
-# FerretDB, built with Go from the module proxy. Building inside the module's own tree needs
-# build/version/version.txt (the release tarballs generate it), so we copy the module and write it.
-if [ "$("$VAR/bin/ferretdb" --version 2>/dev/null | awk '/^version:/{print $2}')" != "$FERRETDB_VERSION" ]; then
-  need go "FerretDB is built from source"
-  say "ferretdb: building $FERRETDB_VERSION with Go (first time only, a few minutes)"
-  export GOMODCACHE="$VAR/go/mod" GOCACHE="$VAR/go/cache" GOFLAGS=-modcacherw GOTOOLCHAIN=local
-  src=$(go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
-  rm -rf "$VAR/ferretdb/src" && mkdir -p "$VAR/ferretdb" && cp -r "$src" "$VAR/ferretdb/src"
-  chmod -R u+w "$VAR/ferretdb/src"
-  echo "$FERRETDB_VERSION" >"$VAR/ferretdb/src/build/version/version.txt"
-  (cd "$VAR/ferretdb/src" && go build -trimpath -o "$VAR/bin/ferretdb" ./cmd/ferretdb) \
+# FerretDB, built with Go from the module proxy with deploy/local/ferretdb/*.patch applied (the
+# SQLite backend's lookups by _id use the _id index: see the patch). The stamp names the version
+# and the patches' hash, so a changed patch rebuilds.
+if [ "$(cat "$VAR/bin/ferretdb.stamp" 2>/dev/null)" != "$(deploy/local/ferretdb/build.sh stamp "$FERRETDB_VERSION")" ]; then
+  need go "FerretDB is built from source"; need patch "FerretDB is patched before the build"
+  say "ferretdb: building $FERRETDB_VERSION with Go and deploy/local/ferretdb/*.patch (a few minutes the first time)"
+  TASKBUS_CACHE="$VAR" deploy/local/ferretdb/build.sh build "$FERRETDB_VERSION" "$VAR/bin/ferretdb" \
     >"$VAR/log/install-ferretdb.log" 2>&1 \
     || { echo "install: FerretDB build failed; see $VAR/log/install-ferretdb.log" >&2; exit 1; }
-  rm -rf "$VAR/ferretdb/src"
 fi
 
 # The Compose Specification's JSON schema (from compose-go, via the Go module proxy): lets the tests
