@@ -16,12 +16,15 @@ from pydantic import BaseModel
 from common.asyncapi_text import (
     DESCRIPTION,
     DLQ_HEADERS,
+    OPERATIONS,
     PRODUCER_PARAMETER,
     RECORD_HEADERS,
     RETENTION_MS,
     RETRY_HEADERS,
     SECURITY,
+    SUCCESS_ANSWERS,
     TIER_PARAMETER,
+    Operation,
 )
 from common.event_schemas import cloudevent_schema, model_types
 from common.events import (
@@ -43,8 +46,6 @@ RETRIED = "notifier.retried"
 DEAD_LETTER = "notifier.dead_letter"
 COMMANDS = COMMANDS_PREFIX + "{producer}"
 ANSWERS = ANSWERS_PREFIX + "{producer}"
-# The domain events that answer a command that succeeded (with its id as `causationid`).
-SUCCESS_ANSWERS = ("task.created.v1", "task.updated.v1", "task.completed.v1")
 
 
 @dataclass(frozen=True)
@@ -55,16 +56,6 @@ class Channel:
     description: str
     messages: tuple[str, ...]
     parameters: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Operation:
-    """Who sends or receives on a channel, and with which consumer group."""
-
-    action: str
-    channel: str
-    summary: str
-    group: str | None = None
 
 
 def _types_on(types: Mapping[str, type[BaseModel]], topic: str) -> tuple[str, ...]:
@@ -114,74 +105,6 @@ def channels(types: Mapping[str, type[BaseModel]]) -> dict[str, Channel]:
             (DEAD_LETTER,),
         ),
     }
-
-
-# What each service does on each channel, by operation id.
-OPERATIONS: dict[str, Operation] = {
-    "auth.publishUserEvents": Operation(
-        "send", "users", "auth's outbox relay publishes every account event."
-    ),
-    "tasks.publishTaskEvents": Operation(
-        "send", "tasks", "tasks' outbox relay publishes every task event."
-    ),
-    "producer.sendCommands": Operation(
-        "send", "commands", "An event producer sends commands on its own topic."
-    ),
-    "tasks.receiveCommands": Operation(
-        "receive",
-        "commands",
-        "tasks handles each command and answers it.",
-        "tasks.commands",
-    ),
-    "tasks.receiveUserEvents": Operation(
-        "receive",
-        "users",
-        "tasks keeps the directory of users a command may name (user.registered.v1).",
-        "tasks.users",
-    ),
-    "tasks.sendAnswers": Operation(
-        "send", "answers", "The outcome of every command, to its producer."
-    ),
-    "producer.receiveAnswers": Operation(
-        "receive", "answers", "A producer reads the answers to its own commands."
-    ),
-    "notifier.receiveUserEvents": Operation(
-        "receive", "users", "Welcome and password-reset mails.", "notifier.users"
-    ),
-    "notifier.receiveTaskEvents": Operation(
-        "receive",
-        "tasks",
-        "Due-soon reminders (other task types are passed over).",
-        "notifier.tasks",
-    ),
-    "notifier.sendRetry": Operation(
-        "send", "notifierRetry", "A failed delivery that may pass waits in a tier."
-    ),
-    "notifier.receiveRetry": Operation(
-        "receive",
-        "notifierRetry",
-        "Attempts a retried record once it is due.",
-        "notifier.retry",
-    ),
-    "notifier.sendDeadLetter": Operation(
-        "send", "notifierDlq", "Parks a record the notifier cannot deliver."
-    ),
-    "notifier.receiveDeadLetters": Operation(
-        "receive",
-        "notifierDlq",
-        "`make dlq-list` / `make dlq-replay` read the DLQ.",
-        "notifier.dlq-replay",
-    ),
-    "gateway.receiveTaskEvents": Operation(
-        "receive", "tasks", "Bumps the owner's response-cache generation.", "gateway.tasks"
-    ),
-    "gateway.receiveUserEvents": Operation(
-        "receive",
-        "users",
-        "Refuses revoked sessions' access tokens at once.",
-        "gateway.users",
-    ),
-}
 
 
 def _headers(extra: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -274,7 +197,11 @@ def _operation(op_id: str, op: Operation, channel: Channel, prefix: str) -> dict
         "action": op.action,
         "channel": {"$ref": f"#/channels/{op.channel}"},
         "summary": op.summary,
-        "messages": [{"$ref": f"#/channels/{op.channel}/messages/{m}"} for m in channel.messages],
+        "messages": [
+            {"$ref": f"#/channels/{op.channel}/messages/{m}"}
+            for m in channel.messages
+            if not op.messages or m in op.messages
+        ],
     }
     if op.group is not None:
         group = {"type": "string", "enum": [prefix + op.group]}

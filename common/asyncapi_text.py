@@ -1,5 +1,6 @@
-"""The prose and the header tables of the AsyncAPI document (common/asyncapi.py builds the rest)."""
+"""The tables of the AsyncAPI document: prose, headers, operations (built by common/asyncapi.py)."""
 
+from dataclasses import dataclass
 from typing import Any
 
 # Topics keep the broker's retention (log.retention.hours=168 in the local broker; the services
@@ -84,4 +85,91 @@ PRODUCER_PARAMETER: dict[str, Any] = {
     "description": "The producer's name, as `make producer NAME=<name>` created it: one topic-name "
     "segment of lower-case letters, digits, - and _ (never dlq).",
     "examples": ["crm"],
+}
+
+# The domain events that answer a command that succeeded (with its id as `causationid`).
+SUCCESS_ANSWERS = ("task.created.v1", "task.updated.v1", "task.completed.v1")
+REJECTED = "command.rejected.v1"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """Who sends or receives on a channel, and with which consumer group."""
+
+    action: str
+    channel: str
+    summary: str
+    group: str | None = None
+    # The channel's messages this operation sends (all of them when empty).
+    messages: tuple[str, ...] = ()
+
+
+# What each service does on each channel, by operation id.
+OPERATIONS: dict[str, Operation] = {
+    "auth.publishUserEvents": Operation(
+        "send", "users", "auth's outbox relay publishes every account event."
+    ),
+    "tasks.publishTaskEvents": Operation(
+        "send", "tasks", "tasks' outbox relay publishes every task event."
+    ),
+    "producer.sendCommands": Operation(
+        "send", "commands", "An event producer sends commands on its own topic."
+    ),
+    "tasks.receiveCommands": Operation(
+        "receive",
+        "commands",
+        "tasks handles each command and answers it.",
+        "tasks.commands",
+    ),
+    "tasks.receiveUserEvents": Operation(
+        "receive",
+        "users",
+        "tasks keeps the directory of users a command may name (user.registered.v1).",
+        "tasks.users",
+    ),
+    "tasks.sendAnswers": Operation(
+        "send",
+        "answers",
+        "The outcome of every task command, to its producer.",
+        messages=(*SUCCESS_ANSWERS, REJECTED),
+    ),
+    "producer.receiveAnswers": Operation(
+        "receive", "answers", "A producer reads the answers to its own commands."
+    ),
+    "notifier.receiveUserEvents": Operation(
+        "receive", "users", "Welcome and password-reset mails.", "notifier.users"
+    ),
+    "notifier.receiveTaskEvents": Operation(
+        "receive",
+        "tasks",
+        "Due-soon reminders (other task types are passed over).",
+        "notifier.tasks",
+    ),
+    "notifier.sendRetry": Operation(
+        "send", "notifierRetry", "A failed delivery that may pass waits in a tier."
+    ),
+    "notifier.receiveRetry": Operation(
+        "receive",
+        "notifierRetry",
+        "Attempts a retried record once it is due.",
+        "notifier.retry",
+    ),
+    "notifier.sendDeadLetter": Operation(
+        "send", "notifierDlq", "Parks a record the notifier cannot deliver."
+    ),
+    "notifier.receiveDeadLetters": Operation(
+        "receive",
+        "notifierDlq",
+        "`make dlq-list` / `make dlq-replay` read the DLQ.",
+        "notifier.dlq-replay",
+    ),
+    "gateway.receiveTaskEvents": Operation(
+        "receive", "tasks", "Bumps the owner's response-cache generation.", "gateway.tasks"
+    ),
+    "gateway.receiveUserEvents": Operation(
+        "receive",
+        "users",
+        "Refuses revoked sessions' access tokens at once.",
+        "gateway.users",
+    ),
 }

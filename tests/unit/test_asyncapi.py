@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from common.asyncapi import OPERATIONS, document
-from common.asyncapi_text import DLQ_HEADERS, RECORD_HEADERS, RETRY_HEADERS
+from common.asyncapi import document
+from common.asyncapi_text import DLQ_HEADERS, OPERATIONS, RECORD_HEADERS, RETRY_HEADERS
 from common.event_schemas import model_types
 from common.settings import ServiceSettings
 from gateway.events import CACHE_INVALIDATION, SESSION_REVOCATION
