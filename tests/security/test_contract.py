@@ -35,7 +35,7 @@ STACK_ENV = {
         ]
     ),
 }
-EXAMPLES = 25
+EXAMPLES = 40
 
 
 @pytest.fixture(scope="module")
