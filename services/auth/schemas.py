@@ -92,7 +92,9 @@ class RefreshIn(Input):
 _ME_PATCH_SHAPES = {
     "anyOf": [
         {"required": ["new_password", "current_password"]},
-        {"required": ["name"], "properties": {"new_password": False}},
+        # {"not": {}} (nothing is valid: the field must be absent), not the boolean schema
+        # false, which client generators do not read.
+        {"required": ["name"], "properties": {"new_password": {"not": {}}}},
     ]
 }
 

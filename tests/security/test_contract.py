@@ -1,4 +1,5 @@
-"""The OpenAPI contract tells the truth: schemathesis, every check on, against the running gateway.
+"""The OpenAPI contract tells the truth: schemathesis, every check on, against the running gateway,
+and a client generated from it works.
 
 The whole stack runs (auth, tasks, notifier, gateway on the shared infra); schemathesis loads the
 gateway's combined /openapi.json and runs its examples, coverage, fuzzing and stateful phases
@@ -7,15 +8,20 @@ token. Rate limits are raised for this stack only: the contract says that 429 ca
 declared on every operation), but a run spent on 429s would test nothing behind them.
 """
 
+import importlib
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import schemathesis
 
+from tests.support.auth import PASSWORD
 from tests.support.contract import (
     contract_config,
     fresh_idempotency_keys,
@@ -87,3 +93,58 @@ def test_a_contract_that_lies_is_caught(
     fresh_user_auth(schema, gateway_url)
     outcome = run(schema)
     assert any(caught_as in failure for failure in outcome.failures), outcome.report()
+
+
+def test_a_client_generated_from_the_contract_works(gateway_url: str, tmp_path: Path) -> None:
+    """openapi-python-client reads the whole document (a warning fails it) and its client
+    registers, logs in, creates and reads a task with typed models."""
+    (tmp_path / "spec.json").write_bytes(httpx.get(f"{gateway_url}/openapi.json").content)
+    (tmp_path / "config.yaml").write_text("post_hooks: []\n")  # no formatter on PATH needed
+    generated = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("openapi-python-client")),
+            "generate",
+            *("--path", str(tmp_path / "spec.json"), "--config", str(tmp_path / "config.yaml")),
+            *("--meta", "none", "--output-path", str(tmp_path / "taskbus_client")),
+            "--fail-on-warning",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert generated.returncode == 0, generated.stdout + generated.stderr
+    sys.path.insert(0, str(tmp_path))
+    try:
+        _use_generated_client(gateway_url)
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [m for m in sys.modules if m.split(".")[0] == "taskbus_client"]:
+            del sys.modules[name]
+
+
+def _use_generated_client(base_url: str) -> None:
+    api = importlib.import_module("taskbus_client")
+    models = importlib.import_module("taskbus_client.models")
+    register = importlib.import_module("taskbus_client.api.auth.register_api_auth_register_post")
+    login = importlib.import_module("taskbus_client.api.auth.login_api_auth_login_post")
+    create = importlib.import_module("taskbus_client.api.tasks.create_task")
+    get = importlib.import_module("taskbus_client.api.tasks.get_task")
+    email = f"g{uuid.uuid4().hex[:12]}@example.com"
+    with api.Client(base_url=base_url) as anonymous:
+        body = models.RegisterIn(email=email, password=PASSWORD, name="Generated")
+        registered = register.sync(client=anonymous, body=body)
+        assert isinstance(registered, models.AuthOut), registered
+        pair = login.sync(client=anonymous, body=models.LoginIn(email=email, password=PASSWORD))
+    assert isinstance(pair, models.AuthOut), pair
+    assert pair.user.email == email
+    with api.AuthenticatedClient(base_url=base_url, token=pair.access_token) as me:
+        created = create.sync_detailed(client=me, body=models.TaskCreate(title="from the spec"))
+        assert created.status_code == 201
+        assert isinstance(created.parsed, models.Task)
+        fetched = get.sync(client=me, task_id=created.parsed.id)
+        unknown = get.sync_detailed(client=me, task_id="0" * 24)
+    assert isinstance(fetched, models.Task)
+    assert (fetched.title, fetched.owner) == ("from the spec", registered.user.id)
+    assert unknown.status_code == 404
+    assert isinstance(unknown.parsed, models.Problem)  # errors parse as the declared Problem
