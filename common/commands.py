@@ -81,9 +81,28 @@ class CompleteTask(Command):
     task_id: TaskId
 
 
+class Notice(BaseModel):
+    """The parameters of the registered template `notice`: a subject line and a plain message."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    subject: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120)]
+    message: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
+
+
+class SendNotification(Command):
+    """notification.send.v1: mail a registered template to the user in `subject` (never to an
+    address); the notifier sends it within the user's preferences and send cap."""
+
+    command_type: ClassVar[str] = SEND_NOTIFICATION
+    template: Literal["notice"]
+    params: Notice
+
+
 COMMAND_TYPES: dict[str, type[Command]] = {
-    cls.command_type: cls for cls in (CreateTask, UpdateTask, CompleteTask)
+    cls.command_type: cls for cls in (CreateTask, UpdateTask, CompleteTask, SendNotification)
 }
+# Which service handles a command type; the other passes it over (both read every command topic).
+NOTIFIER_COMMANDS = frozenset({SEND_NOTIFICATION})
 
 
 class Problem(BaseModel):
@@ -114,6 +133,15 @@ class CommandRejected(Payload):
     command_type: str | None = None
     problem: Problem
     record: RecordRef | None = None
+
+
+class NotificationSent(Payload):
+    """The answer to a notification.send.v1 that was mailed (or had been, for a re-send)."""
+
+    event_type: ClassVar[str] = "notification.sent.v1"
+    topic: ClassVar[str] = f"{ANSWERS_PREFIX}{{producer}}"
+    user_id: str
+    template: str
 
 
 class CommandRefusedError(Exception):

@@ -78,6 +78,9 @@ SERVICE_GRANTS: dict[str, tuple[Grant, ...]] = {
         # Its retry tiers `taskbus.notifier.retry.<n>` and its dead-letter topic, read and written.
         _topic(f"{NOTIFIER_RETRY_TOPIC}.", "READ", *WRITE_TOPIC, *CREATE, prefixed=True),
         _topic(NOTIFIER_DLQ_TOPIC, "READ", *WRITE_TOPIC, *CREATE),
+        # notification.send.v1 from every producer, answered to each (services/notifier/commands).
+        _topic(COMMANDS_PREFIX, *READ_TOPIC, prefixed=True),
+        _topic(ANSWERS_PREFIX, *WRITE_TOPIC, *CREATE, prefixed=True),
         _groups("notifier."),
     ),
     "gateway": (

@@ -20,6 +20,7 @@ from common.problems import install_problem_handlers
 from common.revocations import RevocationFeed, RevocationList
 from common.tokens import TokenVerifier, jwks_source
 from services.notifier.api import MAX_BODY_BYTES, router
+from services.notifier.commands import notification_feed
 from services.notifier.delivery import Deliverer
 from services.notifier.events import Pipeline, notifier_topics, register
 from services.notifier.mailer import Mailer
@@ -74,6 +75,9 @@ def create_app(settings: NotifierSettings) -> FastAPI:
             )
             pruning = asyncio.create_task(_prune_forever(store, settings))
             stack.callback(pruning.cancel)
+            if settings.commands_enabled:
+                commands = notification_feed(settings, store, deliverer, broker)
+                stack.callback(asyncio.create_task(commands.run()).cancel)
             revocations = app.state.revocations = RevocationList()
             feed = asyncio.create_task(RevocationFeed(settings, revocations).run())
             stack.callback(feed.cancel)

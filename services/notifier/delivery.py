@@ -91,6 +91,10 @@ class Deliverer:
             # Retries outlived the link (e.g. SMTP was down past the token's expiry).
             self._metrics.skipped.labels("expired").inc()
             return Outcome.EXPIRED
+        return await self.send(mail)
+
+    async def send(self, mail: Mail) -> Outcome:
+        """Send one planned mail once per `mail.event_id`, within preferences and the send cap."""
         address = await self._address(mail)
         if address is None:
             self._metrics.skipped.labels("opted_out").inc()

@@ -20,7 +20,8 @@ from common.events import (
 )
 from common.sealing import Sealer, SealError, reset_context
 
-Kind = Literal["welcome", "password_reset", "reminder"]
+# "notice": the template producers may send (notification.send.v1, services/notifier/commands.py).
+Kind = Literal["welcome", "password_reset", "reminder", "notice"]
 # The logical consumer recorded with every event id: one event yields at most one mail.
 MAIL_CONSUMER = "notifier.mail"
 # Kinds that never count against the per-user rate cap (one per account, by construction).
@@ -46,6 +47,8 @@ class Preferences(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     # Strict: lax parsing would take 0 or "yes" for a boolean the schema says it is.
     reminders: StrictBool = True
+    # Mails that other systems send through Taskbus (notification.send.v1).
+    notices: StrictBool = True
 
 
 @dataclass(frozen=True)
@@ -152,9 +155,18 @@ def _reminder(envelope: Envelope, payload: TaskDueSoon) -> Mail | None:
     return Mail("reminder", envelope.id, task.owner, None, None, context)
 
 
+def notice(mail_id: str, user_id: str, subject_line: str, message: str) -> Mail:
+    """The mail of a notification.send.v1 (template `notice`), to the directory's address."""
+    return Mail(
+        "notice", mail_id, user_id, None, None, {"subject": subject_line, "message": message}
+    )
+
+
 def allowed_by(preferences: Preferences, kind: Kind) -> bool:
     """Whether the user's preferences let this kind of mail through."""
-    return preferences.reminders if kind == "reminder" else True
+    if kind == "reminder":
+        return preferences.reminders
+    return preferences.notices if kind == "notice" else True
 
 
 def subject(mail: Mail, name: str) -> str:
@@ -163,6 +175,8 @@ def subject(mail: Mail, name: str) -> str:
         text = "Welcome to Taskbus"  # no account text: the address is unverified
     elif mail.kind == "password_reset":
         text = "Reset your Taskbus password"
+    elif mail.kind == "notice":
+        text = mail.context["subject"]
     else:
         text = f"Reminder: {mail.context['title']} is due soon"
     return _SPACE.sub(" ", text).strip()[:200]

@@ -60,6 +60,11 @@ class NotifierSettings(ServiceSettings):
     ledger_retention_s: int = Field(default=14 * 86400, ge=60)
     # Pause after an infrastructure error (Mongo, Kafka) before the same record is retried.
     infra_backoff_s: float = Field(default=1.0, ge=0)
+    # notification.send.v1 from event producers (services/notifier/commands.py): the same
+    # producers file as the tasks service's (common.commands.Policies).
+    commands_enabled: bool = True
+    producers_file: str = "var/kafka/producers.json"
+    commands_metadata_max_age_ms: int = Field(default=30_000, ge=1000)
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -1,39 +1,34 @@
-"""The Kafka side of the command topics: read commands, follow the users topic, relay the ledger.
+"""The tasks side of the command topics: read commands, follow the users topic, relay the ledger.
 
-- `CommandFeed` subscribes to every `taskbus.commands.<producer>` topic by pattern (new producers'
-  topics are found within `commands_metadata_max_age_ms`), in a consumer group of its own. Each
-  partition's records are handled in order (one user's commands are on one partition), partitions
-  concurrently; a partition's offset is committed after its records were handled. An
-  infrastructure error ends the round uncommitted: the consumer starts again from the committed
-  offsets and the handler's idempotence absorbs the redelivery.
+- `common.command_feed.CommandFeed` reads every `taskbus.commands.<producer>` topic in the group
+  `tasks.commands` and hands each record to services/tasks/commands.py.
 - `UserFeed` records the user ids of `user.registered.v1` (commit after the write), which is how
   the tasks service knows that a command's user exists.
 - `ledger_relay` publishes the command ledger's answers (services/tasks/ledger.py).
 """
 
 import asyncio
-import re
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine
 from functools import partial
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
+from common.command_feed import CommandFeed
+from common.command_feed import consumer as command_consumer
 from common.commands import Policies
 from common.events import (
-    COMMANDS_PREFIX,
     USERS_TOPIC,
     Envelope,
     UserRegistered,
-    answers_topic,
 )
-from common.kafka import ensure_topics, kafka_options, publish
+from common.kafka import ensure_topics, publish
 from common.outbox import OutboxSource
 from common.relay import OutboxRelay
-from services.tasks.commands import CommandHandler, producer_of
+from services.tasks.commands import CommandHandler
 from services.tasks.events import backlog_full
 from services.tasks.ledger import CommandLedger, UserDirectory
 from services.tasks.locks import DocLocks
@@ -43,83 +38,6 @@ from services.tasks.storage import TaskStore
 
 log = structlog.get_logger(__name__)
 RETRY_S = 2.0
-
-
-def _consumer(settings: TasksSettings, purpose: str, **options: Any) -> AIOKafkaConsumer:
-    """A consumer in the group `<prefix>tasks.<purpose>` that commits only what was handled."""
-    return AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        client_id=f"{settings.service_name}-{purpose}",
-        group_id=f"{settings.topic_prefix}tasks.{purpose}",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **kafka_options(settings),
-        **options,
-    )
-
-
-def command_pattern(settings: TasksSettings) -> str:
-    """The regular expression of every producer's (physical) command topic."""
-    return re.escape(settings.topic(COMMANDS_PREFIX)) + r"(?!dlq$)[a-z0-9][a-z0-9_-]*$"
-
-
-def producer_topics(producers: Iterable[str]) -> list[str]:
-    """The answer topics of these producers (logical names).
-
-    Their command topics are made with the producer (`make producer`): tasks may only read those.
-    """
-    return [answers_topic(p) for p in producers]
-
-
-class CommandFeed:
-    """Consumes the command topics for ever; failures are logged and the consumer restarted."""
-
-    def __init__(self, settings: TasksSettings, handler: CommandHandler) -> None:
-        self._settings = settings
-        self._handler = handler
-        self._answerable: set[str] = set()  # producers whose answers topic exists
-
-    async def run(self) -> None:
-        """Subscribe by pattern and handle records until cancelled."""
-        while True:
-            consumer = _consumer(
-                self._settings,
-                "commands",
-                metadata_max_age_ms=self._settings.commands_metadata_max_age_ms,
-                max_poll_records=self._settings.commands_batch,
-            )
-            try:
-                known = self._handler.policies.current()
-                await ensure_topics(self._settings, producer_topics(known))
-                self._answerable |= set(known)
-                await consumer.start()
-                consumer.subscribe(pattern=command_pattern(self._settings))
-                while True:
-                    batch = await consumer.getmany(timeout_ms=1000)
-                    async with asyncio.TaskGroup() as group:
-                        for tp, records in batch.items():
-                            group.create_task(self._partition(tp, records))
-                    if batch:
-                        # Only once every partition's records were handled: a failure above
-                        # leaves them all uncommitted (handled again, idempotently).
-                        await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
-            except Exception as exc:  # noqa: BLE001 - the feed must outlive Kafka and Mongo outages
-                log.warning("command feed failed; restarting", error=repr(exc)[:300])
-                await asyncio.sleep(RETRY_S)
-            finally:
-                await consumer.stop()
-
-    async def _partition(
-        self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
-    ) -> None:
-        producer = producer_of(self._settings, tp.topic)
-        if producer not in self._answerable:
-            # A producer added while we run (or not at all): its answers need their topic.
-            await ensure_topics(self._settings, [answers_topic(producer)])
-            self._answerable.add(producer)
-        for record in records:
-            outcome = await self._handler.handle(record)
-            log.debug("command handled", topic=tp.topic, offset=record.offset, outcome=outcome)
 
 
 class UserFeed:
@@ -132,7 +50,7 @@ class UserFeed:
     async def run(self) -> None:
         """Record every registered user id until cancelled."""
         while True:
-            consumer = _consumer(self._settings, "users")
+            consumer = command_consumer(self._settings, "tasks.users")
             try:
                 await ensure_topics(self._settings, [USERS_TOPIC])
                 await consumer.start()
@@ -198,7 +116,15 @@ def command_loops(
         backlog_full=partial(backlog_full, tasks_relay, settings),
         quota=quota,
     )
-    loops = [CommandFeed(settings, handler).run(), UserFeed(settings, users).run()]
+    feed = CommandFeed(
+        settings,
+        "tasks.commands",
+        handler.handle,
+        handler.policies,
+        metadata_max_age_ms=settings.commands_metadata_max_age_ms,
+        batch=settings.commands_batch,
+    )
+    loops = [feed.run(), UserFeed(settings, users).run()]
     if settings.relay_enabled:
         loops.append(answers.run())
     return loops

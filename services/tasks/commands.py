@@ -19,7 +19,9 @@ from aiokafka.errors import KafkaError
 from pymongo.errors import ConnectionFailure
 
 from common.clock import Clock, utcnow
+from common.command_feed import producer_of
 from common.commands import (
+    NOTIFIER_COMMANDS,
     CommandRefusedError,
     CommandRejected,
     CompleteTask,
@@ -31,7 +33,6 @@ from common.commands import (
     parse_envelope,
 )
 from common.events import (
-    COMMANDS_PREFIX,
     Envelope,
     Payload,
     TaskCompleted,
@@ -65,11 +66,6 @@ _DONE = TaskPatch(status="done")
 INFRA_ERRORS = (ConnectionFailure, KafkaError, BusyError, TimeoutError)
 
 
-def producer_of(settings: ServiceSettings, topic: str) -> str:
-    """The producer whose command topic this (physical) topic is."""
-    return topic.removeprefix(settings.topic(COMMANDS_PREFIX))
-
-
 @dataclass
 class CommandHandler:
     """Turns one command record into its effect and its answer."""
@@ -96,6 +92,8 @@ class CommandHandler:
             subject = (record.key or b"").decode(errors="replace")[:64] or producer
             where = f"{producer}:@{record.partition}:{record.offset}"
             return await self._reject(producer, where, refused, subject=subject, ref=ref)
+        if envelope.type in NOTIFIER_COMMANDS:
+            return "notifier's"  # the notifier reads the same topics and answers these
         command_key = f"{producer}:{envelope.id}"
         if await self.ledger.seen(command_key):
             return "seen"
@@ -133,7 +131,7 @@ class CommandHandler:
             return await self._change(producer, command_key, envelope, command.changes)
         if isinstance(command, CompleteTask):
             return await self._change(producer, command_key, envelope, _DONE)
-        raise TypeError(f"no handler for {type(command).__name__}")
+        raise TypeError(f"no tasks handler for {type(command).__name__}")
 
     def _answer(self, payload: Payload, envelope: Envelope) -> Envelope:
         return new_event(

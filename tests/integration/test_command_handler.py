@@ -19,9 +19,12 @@ from common.commands import (
     COMPLETE,
     CREATE,
     UPDATE,
+    Command,
     CompleteTask,
     CreateTask,
+    Notice,
     Policies,
+    SendNotification,
     UpdateTask,
 )
 from common.events import Envelope
@@ -68,7 +71,7 @@ def _record(envelope: Envelope | bytes, offset: int, key: bytes = b"u1") -> Any:
     return ConsumerRecord(TOPIC, 0, offset, 0, 0, key, value, None, len(key), len(value), ())
 
 
-def _command(data: CreateTask | UpdateTask | CompleteTask, user: str = "u1") -> Envelope:
+def _command(data: Command, user: str = "u1") -> Envelope:
     return Envelope(
         id=str(uuid.uuid4()),
         source="/producers/crm",
@@ -143,3 +146,11 @@ async def test_completing_a_done_task_is_answered_from_the_ledger_without_an_eve
     [answered] = await _docs(handler, "ledger")
     assert answered[OUTBOX][0]["event"]["type"] == "task.completed.v1"
     assert answered[OUTBOX][0]["event"]["causationid"] == again.id
+
+
+async def test_a_notification_command_is_left_to_the_notifier(handler: CommandHandler) -> None:
+    params = Notice(subject="s", message="m")
+    send = _command(SendNotification(template="notice", params=params))
+    assert await handler.handle(_record(send, 0)) == "notifier's"
+    assert await _docs(handler, "tasks") == []
+    assert await _docs(handler, "ledger") == []

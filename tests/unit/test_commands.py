@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from client.producer import CommandProducer
+from common.command_feed import command_pattern, producer_of, producer_topics
 from common.commands import (
     COMPLETE,
     CREATE,
@@ -22,8 +23,6 @@ from common.commands import (
 )
 from common.events import Envelope, TaskDeleted, new_event
 from common.task_models import TaskCreate, TaskPatch
-from services.tasks.command_feed import command_pattern, producer_topics
-from services.tasks.commands import producer_of
 from services.tasks.settings import TasksSettings
 
 

@@ -37,14 +37,15 @@ def test_service_rules_carry_the_topic_prefix_but_the_cluster_keeps_its_name() -
     assert all(a.name.startswith("t2.") for a in gateway if a.resource != "cluster")
     everything = [a for s in SERVICES for a in service_acls(s)]
 
-    # Only auth writes users, only tasks writes tasks and answers, only tasks reads commands.
+    # Only auth writes users, only tasks writes tasks; tasks and the notifier (for
+    # notification.send.v1) read the commands and write the answers.
     def who(name: str, operation: str) -> set[str]:
         return {a.principal for a in everything if a.name == name and a.operation == operation}
 
     assert who("taskbus.users", "WRITE") == {"User:svc-auth"}
     assert who("taskbus.tasks", "WRITE") == {"User:svc-tasks"}
-    assert who("taskbus.answers.", "WRITE") == {"User:svc-tasks"}
-    assert who("taskbus.commands.", "READ") == {"User:svc-tasks"}
+    assert who("taskbus.answers.", "WRITE") == {"User:svc-tasks", "User:svc-notifier"}
+    assert who("taskbus.commands.", "READ") == {"User:svc-tasks", "User:svc-notifier"}
 
 
 @pytest.mark.parametrize("name", ["", "dlq", "Crm", "crm.eu", "-crm", "x" * 50])

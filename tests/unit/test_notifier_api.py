@@ -61,13 +61,16 @@ URL = "/api/notifications/preferences"
 
 
 async def test_defaults_then_each_user_sees_only_their_own(client: httpx.AsyncClient) -> None:
-    assert (await client.get(URL, headers=auth("alice"))).json() == {"reminders": True}
+    assert (await client.get(URL, headers=auth("alice"))).json() == {
+        "reminders": True,
+        "notices": True,
+    }
     put = await client.put(URL, json={"reminders": False}, headers=auth("alice"))
     assert put.status_code == 200
-    assert put.json() == {"reminders": False}
+    assert put.json() == {"reminders": False, "notices": True}
 
-    assert (await client.get(URL, headers=auth("alice"))).json() == {"reminders": False}
-    assert (await client.get(URL, headers=auth("bob"))).json() == {"reminders": True}
+    assert (await client.get(URL, headers=auth("alice"))).json()["reminders"] is False
+    assert (await client.get(URL, headers=auth("bob"))).json()["reminders"] is True
 
 
 @pytest.mark.parametrize(
