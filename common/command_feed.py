@@ -1,11 +1,11 @@
 """Reading the producers' command topics: one loop for every service that handles commands.
 
 `CommandFeed` subscribes to every `taskbus.commands.<producer>` topic by pattern (new producers'
-topics are found within `metadata_max_age_ms`), in the service's own consumer group. Each
-partition's records are handled in order (one user's commands are on one partition), partitions
-concurrently; the offsets are committed once every record of a fetch was handled. An
-infrastructure error ends the round uncommitted: the consumer starts again from the committed
-offsets and the handler's idempotence absorbs the redelivery. The tasks service handles the task
+topics are found within `metadata_max_age_ms`), in the service's own consumer group. Each user's
+records (one key, so one partition) are handled in order, different users' concurrently; the
+offsets are committed once every record of a fetch was handled. An infrastructure error ends the
+round uncommitted: the consumer starts again from the committed offsets and the handler's
+idempotence absorbs the redelivery. The tasks service handles the task
 commands (services/tasks/commands.py), the notifier notification.send.v1.
 """
 
@@ -70,6 +70,7 @@ class CommandFeed:
         *,
         metadata_max_age_ms: int = 30_000,
         batch: int = 200,
+        parallel: int = 16,
     ) -> None:
         self._settings = settings
         self._group = group
@@ -77,6 +78,7 @@ class CommandFeed:
         self._policies = policies
         self._options = {"metadata_max_age_ms": metadata_max_age_ms, "max_poll_records": batch}
         self._answerable: set[str] = set()  # producers whose answers topic exists
+        self._parallel = asyncio.Semaphore(parallel)  # commands handled at once
 
     async def run(self) -> None:
         """Subscribe by pattern and handle records until cancelled."""
@@ -111,6 +113,17 @@ class CommandFeed:
             # A producer added while we run (or not at all): its answers need their topic.
             await ensure_topics(self._settings, [answers_topic(producer)])
             self._answerable.add(producer)
+        # Order matters per user (the key), not across users: each key's records in order, keys
+        # concurrently (FerretDB's per-write latency, not the handler, bounds one sequence).
+        by_key: dict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = {}
         for record in records:
-            outcome = await self._handle(record)
-            log.debug("command handled", topic=tp.topic, offset=record.offset, outcome=outcome)
+            by_key.setdefault(record.key, []).append(record)
+        async with asyncio.TaskGroup() as group:
+            for same_key in by_key.values():
+                group.create_task(self._in_order(same_key))
+
+    async def _in_order(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        for record in records:
+            async with self._parallel:
+                outcome = await self._handle(record)
+            log.debug("command handled", topic=record.topic, offset=record.offset, outcome=outcome)
