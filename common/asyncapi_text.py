@@ -118,8 +118,22 @@ OPERATIONS: dict[str, Operation] = {
     "tasks.receiveCommands": Operation(
         "receive",
         "commands",
-        "tasks handles each command and answers it.",
+        "tasks handles the task commands and answers unreadable records; it passes "
+        "notification.send.v1 over to the notifier.",
         "tasks.commands",
+    ),
+    "notifier.receiveCommands": Operation(
+        "receive",
+        "commands",
+        "The notifier mails notification.send.v1 within the user's preferences and send cap, "
+        "once per (producer, id); it passes every other type over.",
+        "notifier.commands",
+    ),
+    "notifier.sendAnswers": Operation(
+        "send",
+        "answers",
+        "The outcome of every notification.send.v1, to its producer.",
+        messages=("notification.sent.v1", REJECTED),
     ),
     "tasks.receiveUserEvents": Operation(
         "receive",

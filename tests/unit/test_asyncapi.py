@@ -69,8 +69,18 @@ def test_every_event_and_command_model_has_its_message_on_its_topic(doc: dict[st
         assert event_type in carried[model.topic]  # type: ignore[attr-defined]
         schema = doc["components"]["schemas"][event_type]
         assert schema["properties"]["type"]["const"] == event_type
-    for answer in ("task.created.v1", "command.rejected.v1"):
+    for answer in ("task.created.v1", "notification.sent.v1", "command.rejected.v1"):
         assert answer in carried["taskbus.answers.{producer}"]
+    assert "notification.send.v1" in carried["taskbus.commands.{producer}"]
+
+
+def test_each_answering_service_sends_its_own_answers(doc: dict[str, Any]) -> None:
+    def sent(op_id: str) -> set[str]:
+        return {m["$ref"].rsplit("/", 1)[1] for m in doc["operations"][op_id]["messages"]}
+
+    assert sent("notifier.sendAnswers") == {"notification.sent.v1", "command.rejected.v1"}
+    assert "notification.sent.v1" not in sent("tasks.sendAnswers")
+    assert {"task.created.v1", "command.rejected.v1"} <= sent("tasks.sendAnswers")
 
 
 def test_channels_carry_this_deployments_prefix_and_parameters(doc: dict[str, Any]) -> None:
