@@ -4,7 +4,12 @@ Against a real broker with SASL and StandardAuthorizer on: the shared one once t
 with credentials, else a private one started here with freshly generated credentials.
 """
 
+import asyncio
+import json
 import logging
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,7 +32,7 @@ from common.kafka_admin import describe_acls
 from common.kafka_setup import setup
 from common.settings import ServiceSettings
 from deploy.local.kafka_security import Credentials, apply_principals, create_credentials
-from tests.support.infra import KAFKA_BOOTSTRAP, KAFKA_CREDENTIALS
+from tests.support.infra import KAFKA_BOOTSTRAP, KAFKA_CREDENTIALS, ROOT
 from tests.support.kafka_broker import KafkaCluster
 from tests.support.waiting import eventually
 
@@ -255,3 +260,54 @@ async def test_kafka_setup_applies_the_table_a_cluster_operator_runs(
         await admin.close()
     assert set(service_acls("notifier", f"{prefix}.")) <= held
     await _produce(kafka, kafka.options(service_principal("tasks")), topic)  # the users work
+
+
+def _make_producer(state: Path, kafka: SecureKafka, prefix: str, *args: str) -> dict[str, str]:
+    """Run `make producer`'s module against `kafka`; the fields it prints."""
+    env = {
+        **os.environ,
+        "TASKBUS_STATE_DIR": str(state),
+        "TASKBUS_KAFKA_CREDENTIALS_FILE": str(state / "kafka" / "credentials.json"),
+        "TASKBUS_KAFKA_PORT": kafka.bootstrap.rsplit(":", 1)[1],
+        "TASKBUS_TOPIC_PREFIX": prefix,
+        "TASKBUS_KAFKA_PARTITIONS": "1",
+    }
+    command = [sys.executable, "-m", "deploy.local.producer", *args]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line.split(None, 1) for line in done.stdout.splitlines()[1:]]
+    return {fields[0]: fields[1] for fields in lines if len(fields) == 2}
+
+
+async def test_make_producer_prints_working_credentials_and_rotates_on_request(
+    kafka: SecureKafka, prefix: str, tmp_path: Path
+) -> None:
+    # The stack's credentials file, copied: the command adds the producer to it.
+    copy = Credentials(
+        tmp_path / "kafka" / "credentials.json",
+        kafka.credentials.admin_password,
+        dict(kafka.credentials.users),
+    )
+    copy.save()
+    name = f"crm{uuid.uuid4().hex[:6]}"
+    first = await asyncio.to_thread(
+        _make_producer, tmp_path, kafka, f"{prefix}.", name, "--types", "task.create.v1"
+    )
+    again = await asyncio.to_thread(_make_producer, tmp_path, kafka, f"{prefix}.", name)
+    assert first["username"] == f"producer-{name}"
+    assert again["password"] == first["password"]  # idempotent: the same credentials
+    assert first["commands"].split()[1] == f"{prefix}.taskbus.commands.{name}"  # "topic <name>"
+    policies = json.loads((tmp_path / "kafka" / "producers.json").read_text())
+    assert policies[name] == {"types": ["task.create.v1"], "users": "*"}
+    commands = f"{prefix}.{commands_topic(name)}"
+    user = first["username"]
+    await _produce(kafka, Credentials.client_options(user, first["password"]), commands)
+    rotated = await asyncio.to_thread(
+        _make_producer, tmp_path, kafka, f"{prefix}.", name, "--rotate", "--users", "u1,u2"
+    )
+    assert rotated["password"] != first["password"]
+    await _produce(kafka, Credentials.client_options(user, rotated["password"]), commands)
+    with pytest.raises(KafkaConnectionError):  # the old password no longer authenticates
+        await _produce(kafka, Credentials.client_options(user, first["password"]), commands)
+    policies = json.loads((tmp_path / "kafka" / "producers.json").read_text())
+    assert policies[name] == {"types": ["task.create.v1"], "users": ["u1", "u2"]}
