@@ -9,6 +9,7 @@
 
 import asyncio
 from collections.abc import Coroutine
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -16,7 +17,9 @@ import structlog
 from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
+from pymongo.errors import PyMongoError
 
+from common.clock import utcnow
 from common.command_feed import CommandFeed
 from common.command_feed import consumer as command_consumer
 from common.commands import Policies
@@ -38,6 +41,7 @@ from services.tasks.storage import TaskStore
 
 log = structlog.get_logger(__name__)
 RETRY_S = 2.0
+PRUNE_EVERY_S = 3600.0
 
 
 class UserFeed:
@@ -76,6 +80,17 @@ def _registered(record: ConsumerRecord[bytes, bytes]) -> str | None:
         return UserRegistered.model_validate(event.data).user_id
     except ValidationError:
         return None  # not ours to judge: the notifier dead-letters malformed user events
+
+
+async def prune_forever(ledger: CommandLedger, settings: TasksSettings) -> None:
+    """Hourly, forget the ledger's entries older than `commands_retention_s`."""
+    while True:
+        try:
+            before = utcnow() - timedelta(seconds=settings.commands_retention_s)
+            log.info("command ledger pruned", removed=await ledger.prune(before))
+        except PyMongoError:
+            log.warning("command ledger pruning failed; trying again later", exc_info=True)
+        await asyncio.sleep(PRUNE_EVERY_S)
 
 
 def ledger_relay(
@@ -124,7 +139,7 @@ def command_loops(
         metadata_max_age_ms=settings.commands_metadata_max_age_ms,
         batch=settings.commands_batch,
     )
-    loops = [feed.run(), UserFeed(settings, users).run()]
+    loops = [feed.run(), UserFeed(settings, users).run(), prune_forever(ledger, settings)]
     if settings.relay_enabled:
         loops.append(answers.run())
     return loops

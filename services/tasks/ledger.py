@@ -9,6 +9,7 @@
   topic (services/tasks/command_feed.py); a command for any other user is refused.
 """
 
+from datetime import datetime
 from typing import Any
 
 from cachetools import LRUCache
@@ -19,7 +20,7 @@ from pymongo.errors import DuplicateKeyError
 
 from common.clock import Clock, utcnow
 from common.leases import insert_free
-from common.outbox import OutboxEntry, with_entries
+from common.outbox import PENDING, OutboxEntry, with_entries
 
 Doc = dict[str, Any]
 
@@ -46,6 +47,15 @@ class CommandLedger:
         except DuplicateKeyError:
             return False
         return True
+
+    async def prune(self, before: datetime) -> int:
+        """Forget commands answered before `before` whose answer went out; how many.
+
+        A scan on FerretDB: run rarely. `before` must lie past the command topics' retention, so
+        no redelivery can outlive its entry.
+        """
+        done = {"at": {"$lt": before}, PENDING: {"$ne": True}}
+        return int((await self.collection.delete_many(done)).deleted_count)
 
 
 class UserDirectory:

@@ -62,6 +62,9 @@ class TasksSettings(ServiceSettings):
     producers_file: str = "var/kafka/producers.json"
     commands_metadata_max_age_ms: int = Field(default=30_000, ge=1000)
     commands_batch: int = Field(default=200, ge=1)
+    # How long the command ledger remembers a rejected or no-op command: past the command topics'
+    # retention (7 days by default), so a redelivery never outlives its entry.
+    commands_retention_s: int = Field(default=14 * 86400, ge=60)
     reminder_lead_s: float = Field(default=3600.0, ge=0)
     reminder_interval_s: float = Field(default=30.0, gt=0)
 

@@ -28,7 +28,7 @@ from common.commands import (
     UpdateTask,
 )
 from common.events import Envelope
-from common.outbox import OUTBOX
+from common.outbox import OUTBOX, PENDING
 from common.task_models import TaskCreate, TaskPatch
 from services.tasks.commands import CommandHandler
 from services.tasks.ledger import CommandLedger, UserDirectory
@@ -154,3 +154,18 @@ async def test_a_notification_command_is_left_to_the_notifier(handler: CommandHa
     assert await handler.handle(_record(send, 0)) == "notifier's"
     assert await _docs(handler, "tasks") == []
     assert await _docs(handler, "ledger") == []
+
+
+async def test_the_ledger_forgets_old_answered_commands_but_not_unpublished_ones(
+    handler: CommandHandler,
+) -> None:
+    for n, user in enumerate(("nobody", "nobody-else")):
+        envelope = _command(CreateTask(task=TaskCreate(title="x")), user=user)
+        await handler.handle(_record(envelope, n, key=user.encode()))
+    published, waiting = await _docs(handler, "ledger")
+    await handler.ledger.collection.update_one(
+        {"_id": published["_id"]}, {"$set": {PENDING: False, OUTBOX: []}}
+    )
+    assert await handler.ledger.prune(published["at"]) == 0  # not older than that
+    assert await handler.ledger.prune(utcnow()) == 1
+    assert [d["_id"] for d in await _docs(handler, "ledger")] == [waiting["_id"]]
