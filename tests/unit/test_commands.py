@@ -12,6 +12,7 @@ from common.command_feed import command_pattern, producer_of, producer_topics
 from common.commands import (
     COMPLETE,
     CREATE,
+    SEND_NOTIFICATION,
     UPDATE,
     CommandRefusedError,
     CreateTask,
@@ -23,6 +24,7 @@ from common.commands import (
 )
 from common.events import Envelope, TaskDeleted, new_event
 from common.task_models import TaskCreate, TaskPatch
+from services.notifier.domain import UNCAPPED, Preferences, allowed_by, notice, subject
 from services.tasks.settings import TasksSettings
 
 
@@ -172,3 +174,30 @@ def test_causationid_is_absent_unless_a_command_caused_the_event() -> None:
     )
     assert orjson.loads(caused.model_dump_json())["causationid"] == "c-1"
     assert Envelope.model_validate_json(caused.model_dump_json()) == caused
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"template": "password_reset", "params": {"subject": "s", "message": "m"}},
+        {"template": "notice", "params": {"subject": "x" * 121, "message": "m"}},
+        {"template": "notice", "params": {"subject": "s", "message": " "}},
+        {"template": "notice", "params": {"subject": "s", "message": "m", "to": "a@b.c"}},
+    ],
+)
+def test_a_notification_names_a_registered_template_and_never_an_address(
+    data: dict[str, object],
+) -> None:
+    envelope = new_event(TaskDeleted(task_id="x", owner="u"), source="/t", subject="u")
+    with pytest.raises(CommandRefusedError) as refused:
+        parse_command(envelope.model_copy(update={"type": SEND_NOTIFICATION, "data": data}))
+    assert refused.value.kind == "invalid-command"
+
+
+def test_notices_follow_their_own_preference_and_carry_the_producers_subject() -> None:
+    mail = notice("command:crm:1", "u1", "Invoice ready", "See the portal.")
+    assert allowed_by(Preferences(), mail.kind)
+    assert not allowed_by(Preferences(notices=False), mail.kind)
+    assert allowed_by(Preferences(notices=False), "reminder")
+    assert subject(mail, "Ada") == "Invoice ready"
+    assert mail.kind not in UNCAPPED  # counts against the send cap
