@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from common.problems import PROBLEM_JSON
 
@@ -64,6 +65,12 @@ DESCRIPTIONS: Mapping[int, str] = {
 SERVICE_WIDE = (503,)
 # What a route that takes an access token can answer.
 AUTHENTICATED = (401,)
+
+
+def operation_id(route: APIRoute) -> str:
+    """A route's operationId: its function's name (`create_task`, not FastAPI's
+    `create_task_api_tasks_post`), what a generated client names its call."""
+    return route.name
 
 
 def problem(status: int, description: str | None = None) -> Doc:

@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from common.clock import utcnow
 from common.events import UserRegistered
+from common.openapi import operation_id
 from common.problems import ProblemError
 from services.auth import responses
 from services.auth.clients import client_ip
@@ -46,7 +47,7 @@ from services.auth.schemas import (
     UserOut,
 )
 
-router = APIRouter(prefix="/api/auth", tags=["auth"])
+router = APIRouter(prefix="/api/auth", tags=["auth"], generate_unique_id_function=operation_id)
 
 log = structlog.get_logger(__name__)
 
@@ -327,7 +328,7 @@ async def confirm_reset(body: ResetConfirmIn, deps: DepsDep) -> Response:
     return Response(status_code=204)
 
 
-jwks_router = APIRouter()
+jwks_router = APIRouter(generate_unique_id_function=operation_id)
 
 
 @jwks_router.get("/.well-known/jwks.json")

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from common.openapi import AUTHENTICATED, problems
+from common.openapi import AUTHENTICATED, operation_id, problems
 from common.tokens import AccessClaims, Revocations, TokenVerifier, verify_bearer
 from services.notifier.domain import Preferences
 from services.notifier.storage import Store
@@ -38,7 +38,9 @@ async def current_user(
 
 Caller = Annotated[AccessClaims, Depends(current_user)]
 Storage = Annotated[Store, Depends(_store)]
-router = APIRouter(prefix="/api/notifications", tags=["notifications"])
+router = APIRouter(
+    prefix="/api/notifications", tags=["notifications"], generate_unique_id_function=operation_id
+)
 
 
 @router.get("/preferences", responses=problems(*AUTHENTICATED))

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 
-from common.openapi import AUTHENTICATED, problems
+from common.openapi import AUTHENTICATED, operation_id, problems
 from common.problems import ProblemError, problem_response
 from common.task_models import TaskCreate, TaskPatch
 from common.tokens import Revocations, TokenVerifier, verify_bearer
@@ -132,14 +132,13 @@ def _task_response(
     return _json(task.model_dump(mode="json"), status, all_headers | (headers or {}))
 
 
-router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+router = APIRouter(prefix="/api/tasks", tags=["tasks"], generate_unique_id_function=operation_id)
 
 
 @router.post(
     "",
     status_code=201,
     response_model=Task,
-    operation_id="create_task",
     responses={
         201: {
             "headers": {
@@ -178,7 +177,6 @@ async def create_task(
 @router.get(
     "",
     response_model=TaskPage,
-    operation_id="list_tasks",
     responses=problems(
         *AUTHENTICATED, described={400: "the cursor was not issued for this query (or is garbled)"}
     ),
@@ -195,7 +193,6 @@ async def list_tasks(query: Annotated[ListQuery, Query()], owner: Owner, d: Deps
 @router.get(
     "/stats",
     response_model=TaskStats,
-    operation_id="task_stats",
     responses=problems(*AUTHENTICATED),
 )
 async def task_stats(owner: Owner, d: DepsDep) -> Response:
@@ -207,7 +204,6 @@ async def task_stats(owner: Owner, d: DepsDep) -> Response:
 @router.get(
     "/{task_id:task_id}",
     response_model=Task,
-    operation_id="get_task",
     responses={
         200: {"headers": _TASK_HEADERS},
         304: {"description": "If-None-Match names the current version", "headers": _TASK_HEADERS},
@@ -233,7 +229,6 @@ async def get_task(
 @router.patch(
     "/{task_id:task_id}",
     response_model=Task,
-    operation_id="update_task",
     responses={200: {"headers": _TASK_HEADERS}, **_ON_TASK, **problems(described=_PRECONDITION)},
 )
 async def update_task(
@@ -251,7 +246,6 @@ async def update_task(
 @router.delete(
     "/{task_id:task_id}",
     status_code=204,
-    operation_id="delete_task",
     responses={**_ON_TASK, **problems(described=_PRECONDITION)},
 )
 async def delete_task(
