@@ -124,6 +124,18 @@ def _load_all_settings() -> None:
     GatewaySettings()
 
 
+def test_kubernetes_kafka_setup_job_applies_the_acl_table_as_the_super_user() -> None:
+    [job] = [doc for _, doc in _k8s_documents() if doc["kind"] == "Job"]
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "common.kafka_setup"]
+    sources = [ref.get("secretRef", {}).get("name") for ref in container["envFrom"]]
+    assert sources[-1] == "taskbus-kafka-admin"  # read by this Job only, and it wins
+    deployments = [doc for _, doc in _k8s_documents() if doc["kind"] == "Deployment"]
+    for deployment in deployments:
+        for c in deployment["spec"]["template"]["spec"]["containers"]:
+            assert "taskbus-kafka-admin" not in str(c.get("envFrom"))
+
+
 def test_kubernetes_production_config_satisfies_every_service(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
