@@ -31,6 +31,15 @@ PRODUCTION_KAFKA_ENV = {
 }
 
 
+# What observer_env sets (the super user's connection): unit tests clear them (tests/unit).
+OBSERVER_ENV_NAMES = (
+    "TASKBUS_KAFKA_SECURITY_PROTOCOL",
+    "TASKBUS_KAFKA_SASL_MECHANISM",
+    "TASKBUS_KAFKA_USERNAME",
+    "TASKBUS_KAFKA_PASSWORD",
+)
+
+
 def stack_credentials(state: Path) -> Credentials | None:
     """The local stack's credentials (None: its broker runs without SASL)."""
     default = state / "kafka" / "credentials.json"

@@ -16,7 +16,7 @@ from common.kafka_acls import (
 from common.kafka_admin import Acl
 from common.settings import ServiceSettings
 from deploy.local.kafka_security import broker_properties, create_credentials, new_password
-from tests.support.kafka_auth import PRODUCTION_KAFKA
+from tests.support.kafka_auth import OBSERVER_ENV_NAMES, PRODUCTION_KAFKA
 
 
 def test_a_producer_may_write_its_commands_and_read_its_answers_and_nothing_else() -> None:
@@ -98,3 +98,8 @@ def test_the_local_broker_config_admits_no_anonymous_client(tmp_path: Path) -> N
     assert "PLAINTEXT" not in props["listener.security.protocol.map"].replace("SASL_PLAINTEXT", "")
     assert props["allow.everyone.if.no.acl.found"] == "false"
     assert props["super.users"] == "User:admin"
+
+
+def test_unit_tests_clear_every_variable_the_observer_env_sets(tmp_path: Path) -> None:
+    credentials = create_credentials(tmp_path / "credentials.json")
+    assert tuple(credentials.admin_env()) == OBSERVER_ENV_NAMES
