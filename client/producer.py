@@ -35,6 +35,7 @@ class CommandProducer:
         self.commands_topic = f"{topic_prefix}{commands_topic(name)}"
         self.answers_topic = f"{topic_prefix}{answers_topic(name)}"
         self._bootstrap = bootstrap
+        self._prefix = topic_prefix
         self._options = kafka_options
         self._producer: AIOKafkaProducer | None = None
 
@@ -92,13 +93,15 @@ class CommandProducer:
     async def answers(self, *, group: str | None = None) -> AsyncIterator[Envelope]:
         """This producer's answers from the beginning (or from the group's committed offset).
 
-        The group is named `producer-<name>...` (the broker lets the producer use only those);
-        without one, each call reads everything again and commits nothing.
+        The group is named `producer-<name>...` (the broker lets the producer use only those;
+        a topic prefix is put before it like before the topics); without one, each call reads
+        everything again and commits nothing.
         """
+        own = group or f"producer-{self.name}-{uuid.uuid4().hex[:8]}"
         consumer = AIOKafkaConsumer(
             self.answers_topic,
             bootstrap_servers=self._bootstrap,
-            group_id=group or f"producer-{self.name}-{uuid.uuid4().hex[:8]}",
+            group_id=f"{self._prefix}{own}",
             auto_offset_reset="earliest",
             enable_auto_commit=group is not None,
             **self._options,
