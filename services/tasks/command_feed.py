@@ -8,6 +8,7 @@
 """
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from datetime import timedelta
 from functools import partial
@@ -60,11 +61,17 @@ class UserFeed:
                 await consumer.start()
                 consumer.subscribe([self._settings.topic(USERS_TOPIC)])
                 while True:
-                    batch = await consumer.getmany(timeout_ms=1000)
+                    started_ms = int(time.time() * 1000)
+                    batch = await consumer.getmany(timeout_ms=500)
                     records = [r for rs in batch.values() for r in rs]
                     if records:
                         await self._users.add([u for r in records if (u := _registered(r))])
                         await consumer.commit()
+                    assigned = list(consumer.assignment())
+                    ends = await consumer.end_offsets(assigned) if assigned else {}
+                    if assigned and all([await consumer.position(tp) >= ends[tp] for tp in ends]):
+                        # Everything registered before this round began is in the directory.
+                        await self._users.caught_up(started_ms)
             except Exception as exc:  # noqa: BLE001 - the feed must outlive Kafka and Mongo outages
                 log.warning("user feed failed; restarting", error=repr(exc)[:300])
                 await asyncio.sleep(RETRY_S)

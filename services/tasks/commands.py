@@ -61,6 +61,8 @@ from services.tasks.storage import TaskStore, created_outbox, new_task_id
 
 log = structlog.get_logger(__name__)
 _BACKLOG_WAIT_S = 0.5
+# How long a command for a user not known yet waits for the users topic to be read past it.
+_USER_WAIT_S = 10.0
 _DONE = TaskPatch(status="done")
 # Errors of the database or broker (or a task locked too long): the record is handled again later.
 INFRA_ERRORS = (ConnectionFailure, KafkaError, BusyError, TimeoutError)
@@ -98,7 +100,7 @@ class CommandHandler:
         if await self.ledger.seen(command_key):
             return "seen"
         try:
-            return await self._act(producer, command_key, envelope)
+            return await self._act(producer, command_key, envelope, record.timestamp)
         except CommandRefusedError as refused:
             return await self._reject(producer, command_key, refused, envelope=envelope, ref=ref)
         except INFRA_ERRORS:
@@ -109,7 +111,7 @@ class CommandHandler:
             bug = CommandRefusedError(500, "internal-error", "Internal error", type(exc).__name__)
             return await self._reject(producer, command_key, bug, envelope=envelope, ref=ref)
 
-    async def _act(self, producer: str, command_key: str, envelope: Envelope) -> str:
+    async def _act(self, producer: str, command_key: str, envelope: Envelope, at_ms: int) -> str:
         policy = self.policies.get(producer)
         if policy is None:
             raise CommandRefusedError(
@@ -118,7 +120,7 @@ class CommandHandler:
         policy.check(envelope)
         command = parse_command(envelope)
         owner = envelope.subject
-        if not await self.users.known(owner):
+        if not await self.users.known_by(owner, at_ms, _USER_WAIT_S):
             raise CommandRefusedError(
                 422, "unknown-user", "Unknown user", f"no Taskbus account has the id {owner!r}"
             )

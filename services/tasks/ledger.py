@@ -9,6 +9,8 @@
   topic (services/tasks/command_feed.py); a command for any other user is refused.
 """
 
+import asyncio
+import contextlib
 from datetime import datetime
 from typing import Any
 
@@ -59,12 +61,34 @@ class CommandLedger:
 
 
 class UserDirectory:
-    """The user ids the users topic announced; positives are cached (accounts are not deleted)."""
+    """The user ids the users topic announced; positives are cached (accounts are not deleted).
+
+    A command may arrive before the registration of its user was read here (a CRM acting right
+    after sign-up): `known_by` waits, a bounded time, until the feed has read the users topic up
+    to the command's own timestamp before it calls a user unknown.
+    """
 
     def __init__(self, db: AsyncDatabase[Doc], cached: int = 100_000) -> None:
         majority = WriteConcern(w="majority")
         self.collection: AsyncCollection[Doc] = db.get_collection("users", write_concern=majority)
         self._known: LRUCache[str, bool] = LRUCache(maxsize=cached)
+        self.read_up_to_ms = 0  # the feed has read every user registered before this (epoch ms)
+        self._progress = asyncio.Condition()
+
+    async def caught_up(self, since_ms: int) -> None:
+        """The feed read the topic to its end as it was at `since_ms`."""
+        async with self._progress:
+            self.read_up_to_ms = max(self.read_up_to_ms, since_ms)
+            self._progress.notify_all()
+
+    async def known_by(self, user_id: str, at_ms: int, within_s: float) -> bool:
+        """Whether the user exists, once the feed has read past `at_ms` (or `within_s` passed)."""
+        if await self.known(user_id):
+            return True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s), self._progress:
+                await self._progress.wait_for(lambda: self.read_up_to_ms >= at_ms)
+        return await self.known(user_id)
 
     async def add(self, user_ids: list[str]) -> None:
         """Remember these users (idempotent: a user seen before is left as it is)."""

@@ -4,6 +4,7 @@ The records are handed to the handler directly (the Kafka side is in tests/e2e/t
 so a redelivery is simply the same record handled again.
 """
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -169,3 +170,17 @@ async def test_the_ledger_forgets_old_answered_commands_but_not_unpublished_ones
     assert await handler.ledger.prune(published["at"]) == 0  # not older than that
     assert await handler.ledger.prune(utcnow()) == 1
     assert [d["_id"] for d in await _docs(handler, "ledger")] == [waiting["_id"]]
+
+
+async def test_a_user_not_read_yet_is_waited_for_until_the_feed_passes_the_command(
+    handler: CommandHandler,
+) -> None:
+    users = handler.users
+    await users.caught_up(1_000)
+    waiting = asyncio.create_task(users.known_by("late", at_ms=2_000, within_s=30))
+    await asyncio.sleep(0)  # it is waiting now, on the condition
+    await users.add(["late"])
+    await users.caught_up(2_000)
+    assert await waiting
+    # Read past the command and still absent: unknown, at once.
+    assert not await users.known_by("never", at_ms=2_000, within_s=30)
