@@ -47,23 +47,39 @@ def _fill(coll: Any, template: Doc, size: int) -> None:
         coll.insert_many(batch)
 
 
+# The tasks process as deployed (its periodic relay sweep and backlog count: on FerretDB both are
+# scans of the collection, every 5 s and 2 s), and with both pushed out of the measurement.
+VARIANTS = {
+    "as deployed": {"TASKS_RELAY_INTERVAL_S": "5", "TASKS_BACKLOG_REFRESH_S": "2"},
+    "periodic scans off": {"TASKS_RELAY_INTERVAL_S": "3600", "TASKS_BACKLOG_REFRESH_S": "3600"},
+}
+Samples = dict[str, dict[int, list[float]]]
+
+
 def measure_tasks(
     paths: dict[str, Path], state: Path, log: Callable[[str], None]
-) -> dict[str, dict[int, list[float]]]:
-    """Round medians of one user's GET /api/tasks/{id}, per binary and collection size."""
+) -> dict[str, Samples]:
+    """Per variant, round medians of one user's GET /api/tasks/{id} per binary and size."""
+    return {
+        v: _measure(paths, state / str(n), env, log) for n, (v, env) in enumerate(VARIANTS.items())
+    }
+
+
+def _measure(
+    paths: dict[str, Path], state: Path, env: dict[str, str], log: Callable[[str], None]
+) -> Samples:
     key = SigningKey.generate()
     token, _ = key.mint("bench-user")
-    samples: dict[str, dict[int, list[float]]] = {name: {} for name in paths}
+    samples: Samples = {name: {} for name in paths}
     with ExitStack() as stack:
         targets = []
         for name, binary in paths.items():
             db = FerretDB(state / name, binary=binary).start()
             stack.callback(db.kill)
             prefix = f"bdb{uuid.uuid4().hex[:8]}"
-            # No relay sweep: on stock it is a scan every interval, which would load the two
-            # cores under both binaries (the relay still publishes what this process writes).
-            env = {"TASKS_REMINDERS_ENABLED": "false", "TASKS_RELAY_INTERVAL_S": "3600"}
-            proc = tasks_process(prefix, key, TASKBUS_MONGO_URL=db.url, **env).start()
+            proc = tasks_process(
+                prefix, key, TASKBUS_MONGO_URL=db.url, TASKS_REMINDERS_ENABLED="false", **env
+            ).start()
             stack.callback(proc.stop)
             proc.wait_ready()
             api = stack.enter_context(
@@ -74,12 +90,17 @@ def measure_tasks(
             coll = client[f"{prefix}_tasks"]["tasks"]
             template = coll.find_one({"_id": task_id})
             assert template is not None
-            targets.append((name, api, coll, template, f"/api/tasks/{task_id}"))
+            targets.append((name, api, coll, template))
         for size in TASK_SIZES:
-            for _, _, coll, template, _ in targets:
-                _fill(coll, template, size)
+            paths_ = []
+            for _, api, coll, template in targets:
+                _fill(coll, template, size - 1)
+                # The newest task, last in the table: a scan that stops at the first match (a
+                # find_one) reads the whole collection for it, as for a task anywhere but first.
+                new = api.post("/api/tasks", json={"title": f"at {size}"}).raise_for_status()
+                paths_.append(f"/api/tasks/{new.json()['id']}")
             for rnd in range(ROUNDS):
-                for name, api, _, _, path in targets:
+                for (name, api, _, _), path in zip(targets, paths_, strict=True):
                     ms = _get_ms(api, path)
                     samples[name].setdefault(size, []).append(ms)
                     log(f"{size:>6} round {rnd + 1} {name:>7} tasks GET by id: {ms:.2f} ms")
