@@ -6,14 +6,14 @@ broker principal may do nothing else. Commands are built from the REST API's own
 
     async with CommandProducer("crm", "127.0.0.1:9092") as producer:
         command_id = await producer.create_task(user_id, TaskCreate(title="Call back"))
-        async for answer in producer.answers():
-            if answer.causationid == command_id:
-                print(answer.type, answer.data)  # task.created.v1 or command.rejected.v1
-                break
+        answer = await producer.answer_to(command_id)
+        print(answer.type, answer.data)  # task.created.v1 or command.rejected.v1
 """
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -90,7 +90,7 @@ class CommandProducer:
         """Ask to move the user's task to done; the command id."""
         return await self.send(self.envelope(user_id, CompleteTask(task_id=task_id)))
 
-    async def answers(self, *, group: str | None = None) -> AsyncIterator[Envelope]:
+    async def answers(self, *, group: str | None = None) -> AsyncGenerator[Envelope, None]:
         """This producer's answers from the beginning (or from the group's committed offset).
 
         The group is named `producer-<name>...` (the broker lets the producer use only those;
@@ -112,3 +112,17 @@ class CommandProducer:
                 yield Envelope.model_validate_json(record.value)
         finally:
             await consumer.stop()
+
+    async def answer_to(
+        self, command_id: str, *, group: str | None = None, within_s: float = 60.0
+    ) -> Envelope:
+        """The first answer to the command (its causationid); TimeoutError after `within_s`."""
+        # aclosing: leaving the loop early must still stop the consumer.
+        async with (
+            asyncio.timeout(within_s),
+            contextlib.aclosing(self.answers(group=group)) as read,
+        ):
+            async for answer in read:
+                if answer.causationid == command_id:
+                    return answer
+        raise RuntimeError("the answers stream ended")  # a consumer iterates for ever
