@@ -19,16 +19,12 @@ from client.producer import CommandProducer
 from common.commands import CREATE, UPDATE, CreateTask
 from common.events import (
     TASKS_TOPIC,
-    USERS_TOPIC,
     Envelope,
-    UserRegistered,
     answers_topic,
     commands_topic,
-    new_event,
 )
-from common.kafka import ensure_topics
-from common.settings import ServiceSettings
 from common.task_models import TaskCreate, TaskPatch
+from tests.support.commands import announce_users
 from tests.support.infra import KAFKA_BOOTSTRAP, MONGO_URL, ROOT
 from tests.support.kafka import collect_events
 from tests.support.kafka_auth import client_options
@@ -41,25 +37,6 @@ pytestmark = pytest.mark.e2e
 USERS = [f"user-{n}" for n in range(5)]
 
 
-async def _register(prefix: str, users: list[str]) -> None:
-    """Announce the accounts on the users topic, as auth does."""
-    settings = ServiceSettings(kafka_bootstrap=KAFKA_BOOTSTRAP, topic_prefix=f"{prefix}.")
-    # Command topics are made with their producer (make producer), not by the tasks service.
-    producers = [commands_topic(p) for p in ("crm", "ci", "stranger")]
-    await ensure_topics(settings, [USERS_TOPIC, *producers])
-    producer = AIOKafkaProducer(bootstrap_servers=KAFKA_BOOTSTRAP, **client_options())
-    await producer.start()
-    try:
-        for user in users:
-            payload = UserRegistered(user_id=user, email=f"{user}@example.com", name=user)
-            event = new_event(payload, source="/auth", subject=user)
-            await producer.send_and_wait(
-                settings.topic(USERS_TOPIC), event.model_dump_json().encode(), key=user.encode()
-            )
-    finally:
-        await producer.stop()
-
-
 @pytest.fixture
 async def stack(prefix: str, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     """Users announced, a producers file, and a started tasks process reading commands."""
@@ -69,7 +46,7 @@ async def stack(prefix: str, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     }
     producers_file = tmp_path / "producers.json"
     producers_file.write_text(json.dumps(policies))
-    await _register(prefix, USERS)
+    await announce_users(prefix, USERS, ["crm", "ci", "stranger"])
     key = SigningKey.generate()
     env = {
         "TASKS_PRODUCERS_FILE": str(producers_file),
@@ -297,7 +274,8 @@ async def test_a_command_sent_right_after_its_users_sign_up_is_not_refused(
     stack: dict[str, Any],
 ) -> None:
     prefix = stack["prefix"]
-    await _register(prefix, ["fresh-user"])  # no wait for the tasks service to have read it
+    # No wait for the tasks service to have read it.
+    await announce_users(prefix, ["fresh-user"], [])
     async with _producer("crm", prefix) as crm:
         command_id = await crm.create_task("fresh-user", TaskCreate(title="welcome call"))
         answers = await _answers(prefix, "crm", {command_id})
