@@ -255,9 +255,10 @@ async def test_the_readme_example_creates_a_task_and_reads_its_answer(
     prefix = stack["prefix"]
 
     def producer(name: str, bootstrap: str, **options: Any) -> CommandProducer:
-        # The example's producer, under this test's topic prefix and as the tests' observer.
-        assert options == {}
-        return CommandProducer(name, bootstrap, topic_prefix=f"{prefix}.", **client_options())
+        # The example's producer, on this test's broker (the example names the default port),
+        # under its topic prefix and as the tests' observer.
+        assert (bootstrap, options) == ("127.0.0.1:9092", {})
+        return CommandProducer(name, KAFKA_BOOTSTRAP, topic_prefix=f"{prefix}.", **client_options())
 
     namespace: dict[str, Any] = {}
     exec(compile(definitions, "README.md", "exec"), namespace)  # noqa: S102 - our own README
