@@ -34,7 +34,9 @@ from tests.support.tokens import SigningKey
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
-USERS = [f"user-{n}" for n in range(5)]
+USERS = [f"user-{n}" for n in range(10)]
+QUOTA = 100  # tasks per user: above the 95 each user gets below
+DISTINCT, RESENT = 950, 50  # the acceptance: 1,000 records, 50 of them re-sends
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ async def stack(prefix: str, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     env = {
         "TASKS_PRODUCERS_FILE": str(producers_file),
         "TASKS_COMMANDS_METADATA_MAX_AGE_MS": "1000",
-        "TASKS_MAX_TASKS_PER_USER": "40",
+        "TASKS_MAX_TASKS_PER_USER": str(QUOTA),
         "TASKS_REMINDERS_ENABLED": "false",
     }
     tasks = tasks_process(prefix, key, **env).start()
@@ -123,25 +125,26 @@ async def test_creates_resent_and_redelivered_across_a_sigkill_make_each_task_on
     prefix, key = stack["prefix"], stack["key"]
     rng = random.Random(13)
     async with _producer("crm", prefix) as crm:
-        sent = [crm.envelope(USERS[n % 5], _create(f"task {n}")) for n in range(100)]
-        for envelope in sent[:50]:
+        sent = [crm.envelope(USERS[n % 10], _create(f"task {n}")) for n in range(DISTINCT)]
+        for envelope in sent[: DISTINCT // 2]:
             await crm.send(envelope)
         # Killed while commands are still arriving: some handled, maybe uncommitted.
         await _answers(prefix, "crm", {sent[0].id})
         stack["tasks"].kill()
         restarted = tasks_process(prefix, key, **stack["env"]).start()
         stack["tasks"] = restarted
-        for envelope in sent[50:]:
+        for envelope in sent[DISTINCT // 2 :]:
             await crm.send(envelope)
-        for envelope in rng.sample(sent, 10):  # re-sends: same command, same id
+        for envelope in rng.sample(sent, RESENT):  # re-sends: same command, same id
             await crm.send(envelope)
         restarted.wait_ready()
-        answers = await _answers(prefix, "crm", {e.id for e in sent})
+        answers = await _answers(prefix, "crm", {e.id for e in sent}, within=180)
 
     assert {a.type for a in answers.values()} == {"task.created.v1"}
     published = await collect_events(
         _topic(prefix, TASKS_TOPIC),
-        lambda found: len({e.causationid for e in found}) >= 100,
+        lambda found: len({e.causationid for e in found}) >= DISTINCT,
+        within=120,
     )
     # The relay delivers at least once (a kill between publish and clear repeats an event, same
     # id); one event per command is the effect: one task each.
@@ -153,7 +156,7 @@ async def test_creates_resent_and_redelivered_across_a_sigkill_make_each_task_on
         assert (task["owner"], task["title"]) == (envelope.subject, envelope.data["task"]["title"])
     for user in USERS:
         owned = await _owned(restarted, key, user)
-        assert len(owned) == 20
+        assert len(owned) == DISTINCT // len(USERS)
         assert {t["id"] for t in owned} == {
             e.data["task"]["id"] for e in created if e.subject == user
         }
@@ -193,7 +196,9 @@ async def test_refused_commands_get_one_rejection_each_and_the_partition_flows_o
             # Random bytes, then a command on the same partition (same key).
             await raw.send_and_wait(target, rng_bytes(), key=u0.encode())
             after = await crm.create_task(u0, TaskCreate(title="after the garbage"))
-            quota = [await crm.create_task(USERS[2], TaskCreate(title=f"q{n}")) for n in range(41)]
+            quota = [
+                await crm.create_task(USERS[2], TaskCreate(title=f"q{n}")) for n in range(QUOTA + 1)
+            ]
 
             crm_answers = await _answers(prefix, "crm", {*refused.values(), after, *quota})
             ci_answers = await _answers(prefix, "ci", set(ci_refused.values()))
@@ -214,7 +219,7 @@ async def test_refused_commands_get_one_rejection_each_and_the_partition_flows_o
         assert ci_answers[command_id].data["problem"]["status"] == 403
     assert stranger_answers[stranger_id].data["problem"]["type"].endswith("unknown-producer")
     assert crm_answers[after].type == "task.created.v1"
-    assert [crm_answers[q].type for q in quota].count("task.created.v1") == 40
+    assert [crm_answers[q].type for q in quota].count("task.created.v1") == QUOTA
     last = crm_answers[quota[-1]]
     assert last.data["problem"]["type"].endswith("task-quota-exceeded")
     assert done_answers[done].type == "task.completed.v1"
