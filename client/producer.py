@@ -41,14 +41,19 @@ class CommandProducer:
 
     async def __aenter__(self) -> "CommandProducer":
         # acks=all with idempotence: an acknowledged command is on the broker, once.
-        self._producer = AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap,
             client_id=f"producer-{self.name}",
             acks="all",
             enable_idempotence=True,
             **self._options,
         )
-        await self._producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()  # a broker that refused us leaves no open client behind
+            raise
+        self._producer = producer
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -106,8 +111,8 @@ class CommandProducer:
             enable_auto_commit=group is not None,
             **self._options,
         )
-        await consumer.start()
         try:
+            await consumer.start()  # inside: a refused start still closes the client
             async for record in consumer:
                 yield Envelope.model_validate_json(record.value)
         finally:

@@ -27,6 +27,7 @@ async def open_mongo(settings: ServiceSettings) -> AsyncIterator[MongoClient]:
         serverSelectionTimeoutMS=settings.mongo_server_selection_timeout_ms,
         connectTimeoutMS=settings.mongo_connect_timeout_ms,
         socketTimeoutMS=settings.mongo_socket_timeout_ms,
+        timeoutMS=settings.mongo_timeout_ms,
         appname=settings.service_name,
     )
     try:
