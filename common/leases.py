@@ -55,6 +55,14 @@ class Leases:
         inserted = await insert_free(self._coll, leases)
         return [lease["doc"] for n, lease in enumerate(leases) if n in inserted]
 
+    async def release_each(self, source: str, tokens: dict[str, str]) -> None:
+        """Give up leases taken with different tokens: {document id: its token}."""
+        by_token: dict[str, list[str]] = {}
+        for doc_id, token in tokens.items():
+            by_token.setdefault(token, []).append(doc_id)
+        for token, doc_ids in by_token.items():
+            await self.release(source, doc_ids, token)
+
     async def release(self, source: str, doc_ids: Sequence[str], token: str) -> None:
         """Give the leases up (only those still ours)."""
         if doc_ids:

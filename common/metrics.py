@@ -91,6 +91,11 @@ class BacklogGauge:
         self._every_s = every_s
         self._next = 0.0
 
+    def observed(self, value: int) -> None:
+        """A count made elsewhere (a relay's sweep): shown, and the next recount put off."""
+        self._gauge.set(value)
+        self._next = time.monotonic() + self._every_s
+
     async def refresh(self) -> None:
         """Recount if the last count is older than the interval."""
         now = time.monotonic()

@@ -1,16 +1,16 @@
 """The outbox relay: publishes what the `OutboxSource`s (common.outbox) hold, then clears it.
 
-Publication and clearing are two loops. Publishing a batch of up to `batch` documents makes a
-fixed number of calls: (for a sweep) a candidate query, one `insert_many` of leases
-(common.leases), one read of the outboxes; then each document's entries go out in order up to its
-first failure (documents in parallel). What went out is remembered per document (`Sent`) and
-cleared behind, in batches, by common.relay_clear: the database's slow per-document rewrite no
-longer caps the publish rate, and a remembered entry is not published again.
+Three loops, so none waits for another's database calls. Writers name the document they wrote
+(`wrote`): it is published without a scan, and a just-inserted document's outbox, which its
+writer knows, without reading it back. A sweep (every `interval_s`, or on `wake()`) scans the
+marked documents once, for what other replicas or a crash left behind and to count the backlog.
+What went out is remembered per document (`Sent`) and cleared behind by common.relay_clear, at
+the database's pace: its slow per-document rewrite no longer caps the publish rate, and a
+remembered entry is not published again.
 
-Writers tell the relay which document they wrote (`wrote`): those are published without a scan,
-and a just-inserted document's outbox, which its writer knows, without reading it back.
-A sweep (every `interval_s`, or on `wake()`) finds what other replicas or a crash left behind.
-Delivery is at least once: consumers deduplicate by event id.
+Publishing a batch of up to `batch` documents takes one `insert_many` of leases (common.leases)
+and one read of the outboxes; each document's entries go out in order up to its first failure
+(documents in parallel). Delivery is at least once: consumers deduplicate by event id.
 """
 
 import asyncio
@@ -29,21 +29,11 @@ from common.events import Envelope
 from common.leases import Leases
 from common.metrics import BacklogGauge
 from common.outbox import OUTBOX, PENDING, Doc, OutboxSource
-from common.relay_clear import Batch, Sent, clear
+from common.relay_clear import Clearing, Sent, raise_if_cancelled
 
 Publish = Callable[[str, Envelope], Awaitable[None]]
 log = structlog.get_logger(__name__)
 _RETRY_AFTER_ERROR_S = 2.0
-# How long one clearing call may hold the database: FerretDB serialises writes, so a longer
-# call delays every writer's insert (at 10,000 documents a 100-document call took over 3 s).
-_CLEAR_CALL_S = 0.5
-
-
-def _raise_if_cancelled() -> None:
-    """Honour a cancel that pymongo swallowed (seen in `update_many`: the task would never end)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 class OutboxRelay:
@@ -69,13 +59,12 @@ class OutboxRelay:
         self._interval_s = interval_s
         self._batch = batch
         self._parallel = asyncio.Semaphore(parallel)
-        self._wake = asyncio.Event()
-        self._sweep_due = True
+        self._wake = asyncio.Event()  # a writer named a document
+        self._sweep_now = asyncio.Event()
         # Documents writers named, with their whole outbox when the writer knows it (an insert).
         self._named: dict[str, dict[str, list[Doc] | None]] = {name: {} for name in self._sources}
-        self._sent: dict[str, dict[str, Sent]] = {name: {} for name in self._sources}
-        self._to_clear = asyncio.Event()
-        self._clear_size = batch  # documents per clearing call, adapted to its duration
+        self._clearing = Clearing(self._sources, self._leases, batch)
+        self._sent = self._clearing.sent  # what went out, per source and document
         self._backlog = BacklogGauge(service, self._count_backlog, every_s=backlog_every_s)
         self._backlog_every_s = backlog_every_s
         self.backlog = 0  # the last count: writers read it without scanning (backpressure)
@@ -83,12 +72,11 @@ class OutboxRelay:
     @property
     def uncleared(self) -> int:
         """Documents published but not cleared yet (backpressure on the database's rewrites)."""
-        return sum(len(sent) for sent in self._sent.values())
+        return self._clearing.uncleared
 
     def wake(self) -> None:
         """Sweep every source now instead of at the next interval."""
-        self._sweep_due = True
-        self._wake.set()
+        self._sweep_now.set()
 
     def wrote(
         self, source: str, doc_id: str, outbox: Sequence[Mapping[str, Any]] | None = None
@@ -104,45 +92,41 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self) -> None:
-        """Publish and clear until cancelled."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._publish_forever())
-            group.create_task(self._clear_forever())
+        """Publish what writers name, sweep, and clear, until cancelled.
 
-    async def _publish_forever(self) -> None:
-        clock = asyncio.get_running_loop().time
-        next_sweep = clock()
+        Three loops, so a named document never waits for a sweep's scan (at 10,000 documents
+        that made a create's event wait 216 ms) nor for a clearing call.
+        """
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._forever(self._wake, None, self._publish_named, "publish"))
+            group.create_task(
+                self._forever(self._sweep_now, self._interval_s, self._sweep_all, "sweep")
+            )
+            group.create_task(self._clearing.forever())
+
+    async def _forever(
+        self,
+        event: asyncio.Event,
+        every_s: float | None,
+        step: Callable[[], Awaitable[int]],
+        what: str,
+    ) -> None:
+        """Run `step` now, then whenever `event` is set (or `every_s` passed)."""
         while True:
-            self._wake.clear()
-            if clock() >= next_sweep:
-                self._sweep_due, next_sweep = True, clock() + self._interval_s
-            timeout = max(0.0, next_sweep - clock())
+            event.clear()
+            pause = every_s
             try:
                 with suppress_instrumentation():
-                    await self._publish_round()
-                _raise_if_cancelled()
+                    await step()
+                raise_if_cancelled()
             except Exception:  # the relay outlives a bad round; it is logged
-                log.exception("outbox relay round failed")
-                timeout = _RETRY_AFTER_ERROR_S
+                log.exception("outbox relay round failed", step=what)
+                pause = _RETRY_AFTER_ERROR_S
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that arrives
             # as the event is set, and the relay task then never ends (measured in the tests).
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-
-    async def _clear_forever(self) -> None:
-        while True:
-            await self._to_clear.wait()
-            self._to_clear.clear()
-            try:
-                with suppress_instrumentation():
-                    while await self._clear_round():
-                        _raise_if_cancelled()
-            except Exception:  # retried after a pause; the entries stay remembered meanwhile
-                log.exception("outbox clearing failed")
-            if self.uncleared:  # what the writers' guards or an error held back: retry soon
-                await asyncio.sleep(_RETRY_AFTER_ERROR_S)
-                self._to_clear.set()
+                async with asyncio.timeout(pause):
+                    await event.wait()
 
     async def watch_backlog(self) -> None:
         """Keep `backlog` current even on a replica that leaves publishing to others."""
@@ -163,16 +147,18 @@ class OutboxRelay:
         # The relay's own reads, leases and removals would be a root trace per poll; each publish
         # still runs in the trace of the request that wrote the event (common.kafka.publish).
         with suppress_instrumentation():
-            self._sweep_due = True
             published = await self._publish_round()
-            while await self._clear_round():
+            while await self._clearing.round():
                 pass
             await self._backlog.refresh()
         return published
 
     async def _publish_round(self) -> int:
-        """Publish the documents writers named, then (when due) sweep; events published."""
-        sweep, self._sweep_due = self._sweep_due, False
+        """Publish the documents writers named, then sweep; events published."""
+        return await self._publish_named() + await self._sweep_all()
+
+    async def _publish_named(self) -> int:
+        """Publish the documents writers named since the last round; events published."""
         published = 0
         for name, source in self._sources.items():
             named, self._named[name] = self._named[name], {}
@@ -182,30 +168,36 @@ class OutboxRelay:
                 published += await self._publish_batch(source, unknown[start : start + self._batch])
             if known:
                 published += await self._publish_known(source, known)
-            if sweep:
-                published += await self._sweep(source)
         return published
 
-    async def _sweep(self, source: OutboxSource) -> int:
-        published = 0
-        while True:
-            ids = await self._candidates(source)
-            moved = await self._publish_batch(source, ids) if ids else 0
-            published += moved
-            if len(ids) < self._batch or not moved:
-                return published
+    async def _sweep_all(self) -> int:
+        """Sweep every source; the scan also counts the backlog (no second scan for it)."""
+        published = waiting = 0
+        for source in self._sources.values():
+            moved, left = await self._sweep(source)
+            published, waiting = published + moved, waiting + left
+        self.backlog = waiting
+        self._backlog.observed(waiting)
+        return published
 
-    async def _candidates(self, source: OutboxSource) -> list[str]:
-        """Up to `batch` marked documents not leased and not wholly published, in one query.
+    async def _sweep(self, source: OutboxSource) -> tuple[int, int]:
+        """One scan of the marked documents: publish those nobody leases; (published, left).
 
         A remembered document another replica wrote to meanwhile is found again once it is
         cleared or its lease expires (`lease_s`): its writer's own relay could not lease it.
         """
+        leased = set(await self._leases.held(source.name))
         sent = self._sent[source.name]
-        skip = set(await self._leases.held(source.name)) | {d for d, s in sent.items() if s.whole}
-        where: Doc = {PENDING: True, "_id": {"$nin": sorted(skip)}} if skip else {PENDING: True}
-        found = source.collection.find(where, {"_id": 1}).limit(self._batch)
-        return [doc["_id"] async for doc in found]
+        waiting, found = 0, []
+        async for doc in source.collection.find({PENDING: True}, {OUTBOX: 1}):
+            new = _unpublished(doc, sent.get(doc["_id"]))
+            waiting += new
+            if doc["_id"] not in leased and (new or not doc.get(OUTBOX)):
+                found.append(doc["_id"])  # events to publish, or marked with none (repair)
+        published = 0
+        for start in range(0, len(found), self._batch):
+            published += await self._publish_batch(source, found[start : start + self._batch])
+        return published, max(0, waiting - published)
 
     async def _publish_known(self, source: OutboxSource, known: Mapping[str, list[Doc]]) -> int:
         """Publish just-inserted documents from their writers' outboxes, then lease them.
@@ -222,7 +214,7 @@ class OutboxRelay:
         token, taken = await self._leases.take(source.name, [d for d in docs if d in sent])
         for doc_id in taken:
             sent[doc_id].token = token
-        self._to_clear.set()
+        self._clearing.notify()
         return sum(count for count, _ in outcomes)
 
     async def _publish_batch(self, source: OutboxSource, ids: list[str]) -> int:
@@ -240,16 +232,9 @@ class OutboxRelay:
         # Let go of documents gone meanwhile and of those to retry promptly (a failed publish).
         let_go = [d for d in owned if d not in docs]
         let_go += [d for d, (_, release) in zip(docs, outcomes, strict=True) if release]
-        await self._release(source.name, {d: owned[d] for d in let_go})
-        self._to_clear.set()
+        await self._leases.release_each(source.name, {d: owned[d] for d in let_go})
+        self._clearing.notify()
         return sum(count for count, _ in outcomes)
-
-    async def _release(self, source: str, tokens: dict[str, str]) -> None:
-        by_token: dict[str, list[str]] = {}
-        for doc_id, token in tokens.items():
-            by_token.setdefault(token, []).append(doc_id)
-        for token, doc_ids in by_token.items():
-            await self._leases.release(source, doc_ids, token)
 
     async def _publish_doc(
         self, source: OutboxSource, doc_id: str, doc: Doc, token: str | None
@@ -295,48 +280,17 @@ class OutboxRelay:
             done.append(item)
         return done, False
 
-    async def _clear_round(self) -> int:
-        """Clear up to `batch` remembered documents per source; how many were handled."""
-        handled = 0
-        for name, source in self._sources.items():
-            sent = self._sent[name]
-            picked = dict(list(sent.items())[: self._clear_size])
-            if not picked:
-                continue
-            held = await self._timed_clear(source, Batch(picked))
-            _raise_if_cancelled()
-            tokens: dict[str, str] = {}
-            for doc_id in held:
-                if sent.get(doc_id) is picked[doc_id]:  # not published again meanwhile
-                    del sent[doc_id]
-                    if (token := picked[doc_id].token) is not None:
-                        tokens[doc_id] = token
-            await self._release(name, tokens)
-            handled += len(held)
-        return handled
-
-    async def _timed_clear(self, source: OutboxSource, batch: Batch) -> set[str]:
-        """`clear`, halving the next call's size when one runs long or fails, else growing it."""
-        clock = asyncio.get_running_loop().time
-        began = clock()
-        try:
-            held = await clear(source, batch)
-        except Exception:
-            self._clear_size = max(1, self._clear_size // 2)
-            raise
-        took = clock() - began
-        if took > _CLEAR_CALL_S:
-            self._clear_size = max(1, self._clear_size // 2)
-        elif took < _CLEAR_CALL_S / 2:
-            self._clear_size = min(self._batch, self._clear_size * 2)
-        return held
-
     async def pending_events(self) -> int:
         """How many events wait in every source's outboxes, not yet published (backlog gauge)."""
         total = 0
         for name, source in self._sources.items():
             sent = self._sent[name]
             async for doc in source.collection.find({PENDING: True}, {OUTBOX: 1}):
-                known = sent[doc["_id"]].ids() if doc["_id"] in sent else set()
-                total += sum(1 for item in doc.get(OUTBOX, []) if item.get("id") not in known)
+                total += _unpublished(doc, sent.get(doc["_id"]))
         return total
+
+
+def _unpublished(doc: Doc, sent: Sent | None) -> int:
+    """How many entries of a document read with its outbox this relay has not published."""
+    known = sent.ids() if sent is not None else set()
+    return sum(1 for item in doc.get(OUTBOX, []) if item.get("id") not in known)
