@@ -25,10 +25,10 @@ from common.events import (
 )
 from common.task_models import TaskCreate, TaskPatch
 from tests.support.commands import announce_users
+from tests.support.gateway import gateway_settings, serve_gateway
 from tests.support.infra import KAFKA_BOOTSTRAP, MONGO_URL, ROOT
 from tests.support.kafka import collect_events
 from tests.support.kafka_auth import client_options
-from tests.support.processes import ServiceProcess
 from tests.support.tasks import tasks_process
 from tests.support.tokens import SigningKey
 from tests.support.waiting import eventually
@@ -102,13 +102,13 @@ async def _answers(
     return first
 
 
-async def _owned(tasks: ServiceProcess, key: SigningKey, user: str) -> list[dict[str, Any]]:
-    """The user's tasks as the user reads them through the REST API."""
+async def _owned(url: str, key: SigningKey, user: str) -> list[dict[str, Any]]:
+    """The user's tasks as the user reads them through the REST API at `url`."""
     token, _ = key.mint(user)
     items: list[dict[str, Any]] = []
     cursor = None
     async with httpx.AsyncClient(
-        base_url=tasks.url, headers={"Authorization": f"Bearer {token}"}, timeout=15
+        base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=15
     ) as api:
         while True:
             params = {"limit": "100", **({"cursor": cursor} if cursor else {})}
@@ -154,12 +154,14 @@ async def test_creates_resent_and_redelivered_across_a_sigkill_make_each_task_on
     for envelope in sent:
         task = by_command[envelope.id].data["task"]
         assert (task["owner"], task["title"]) == (envelope.subject, envelope.data["task"]["title"])
-    for user in USERS:
-        owned = await _owned(restarted, key, user)
-        assert len(owned) == DISTINCT // len(USERS)
-        assert {t["id"] for t in owned} == {
-            e.data["task"]["id"] for e in created if e.subject == user
-        }
+    # Each readable by its owner through the gateway (the shipped stack, in front of tasks).
+    async with serve_gateway(gateway_settings(prefix, key, restarted.url)) as gateway:
+        for user in USERS:
+            owned = await _owned(gateway, key, user)
+            assert len(owned) == DISTINCT // len(USERS)
+            assert {t["id"] for t in owned} == {
+                e.data["task"]["id"] for e in created if e.subject == user
+            }
 
 
 def _create(title: str) -> CreateTask:
@@ -235,7 +237,7 @@ async def test_refused_commands_get_one_rejection_each_and_the_partition_flows_o
     assert garbage[0].data["record"]["topic"] == target
     assert garbage[0].data["problem"]["type"].endswith("unparseable-command")
     # No refused command made a task: u0 has only the one made after the garbage.
-    owned = await _owned(stack["tasks"], key, USERS[0])
+    owned = await _owned(stack["tasks"].url, key, USERS[0])
     assert [(t["title"], t["status"]) for t in owned] == [("after the garbage", "done")]
     published = await collect_events(
         _topic(prefix, TASKS_TOPIC), lambda found: any(e.causationid == done for e in found)
@@ -272,7 +274,7 @@ async def test_the_readme_example_creates_a_task_and_reads_its_answer(
     printed = capsys.readouterr().out
     assert printed.startswith("task.created.v1 ")
     assert "'title': 'Call the customer back'" in printed
-    owned = await _owned(stack["tasks"], stack["key"], USERS[3])
+    owned = await _owned(stack["tasks"].url, stack["key"], USERS[3])
     assert [t["title"] for t in owned] == ["Call the customer back"]
 
 
