@@ -45,6 +45,22 @@ if ! command -v wrk >/dev/null 2>&1; then
   }
 fi
 
+# promtool and amtool from Debian's prometheus and prometheus-alertmanager packages: the unit
+# tests check and run the alerting rules and the Alertmanager routing with them. Debian starts
+# both daemons (and a node exporter) on install; the stack runs none of them, so stop them.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v amtool >/dev/null 2>&1; then
+  say "promtool, amtool: installing Debian's prometheus and prometheus-alertmanager packages"
+  as_root apt-get install -y -q --no-install-recommends prometheus prometheus-alertmanager \
+    >"$VAR/log/install-prometheus.log" 2>&1 || {
+    as_root apt-get update -q >>"$VAR/log/install-prometheus.log" 2>&1
+    as_root apt-get install -y -q --no-install-recommends prometheus prometheus-alertmanager \
+      >>"$VAR/log/install-prometheus.log" 2>&1
+  }
+  for unit in prometheus prometheus-alertmanager; do
+    as_root systemctl disable --now "$unit" >/dev/null 2>&1 || as_root service "$unit" stop >/dev/null 2>&1 || true
+  done
+fi
+
 # Apache Kafka: broker jars and runtime dependencies from Maven Central.
 kafka_stamp="$VAR/kafka/libs/.pom-$(sha256sum "$KAFKA_POM" | cut -c1-16)"
 if [ ! -f "$kafka_stamp" ]; then
