@@ -10,6 +10,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -130,13 +131,17 @@ async def test_alertmanager_routes_pages_and_inhibits_symptoms_of_a_cause(tmp_pa
                     return False
 
             await eventually(posted, within=30, what="Alertmanager to take alerts")
+            down = _alert("TaskbusProcessDown", severity="page", kind="cause", instance="tasks-b")
+            assert (await am.post("/api/v2/alerts", json=[down])).status_code == 200
 
-            async def states() -> dict[str, Any] | None:
+            async def states(count: int = 1) -> dict[str, Any] | None:
                 alerts = (await am.get("/api/v2/alerts")).json()
-                return {a["labels"]["alertname"]: a for a in alerts} if alerts else None
+                return (
+                    {a["labels"]["alertname"]: a for a in alerts} if len(alerts) >= count else None
+                )
 
-            # Alone, the symptom pages.
-            alone = await eventually(states, what="the symptom alert")
+            # Alone (beside one process down), the symptom pages.
+            alone = await eventually(lambda: states(2), what="the symptom and the process alert")
             assert alone["TaskbusAvailabilityBudgetBurn"]["status"]["state"] == "active"
             assert alone["TaskbusAvailabilityBudgetBurn"]["receivers"] == [{"name": "pager"}]
 
@@ -154,3 +159,18 @@ async def test_alertmanager_routes_pages_and_inhibits_symptoms_of_a_cause(tmp_pa
             # A ticket-level symptom is held back too while the cause pages.
             assert now["TaskbusDeadLetters"]["status"]["state"] == "suppressed"
             assert now["TaskbusDeadLetters"]["receivers"] == [{"name": "tickets"}]
+
+            # The cause resolved, the symptom pages again though the process is still down: one
+            # process down inhibits nothing (the inhibitor saw it before the cause, posted later).
+            ended = datetime.now(UTC).isoformat()
+            resolved = {**cause, "endsAt": ended}
+            assert (await am.post("/api/v2/alerts", json=[resolved])).status_code == 200
+
+            async def released() -> dict[str, Any] | None:
+                now = await states()
+                burn = (now or {}).get("TaskbusAvailabilityBudgetBurn", {})
+                return now if burn.get("status", {}).get("state") == "active" else None
+
+            after = await eventually(released, what="the symptom paging again")
+            assert after["TaskbusProcessDown"]["status"]["state"] == "active"
+            assert "TaskbusRedisDown" not in after
