@@ -55,9 +55,6 @@ class ServiceSettings(BaseSettings):
     mongo_server_selection_timeout_ms: int = Field(default=2000, gt=0)
     mongo_connect_timeout_ms: int = Field(default=1000, gt=0)
     mongo_socket_timeout_ms: int = Field(default=3000, gt=0)
-    # The whole operation, pymongo's retry and its server selection included (CSOT): without
-    # it a read on a stopped database took 3 s, was retried, and answered after 10.9 s.
-    mongo_timeout_ms: int = Field(default=3000, gt=0)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "taskbus:"
     # Access tokens: who issues them, for whom, and where the verification keys are published.

@@ -81,7 +81,7 @@ async def test_sli_rules_read_the_gateways_real_metrics(tmp_path: Path) -> None:
         with _daemon(args, tmp_path / "prometheus.log"):
             polls = [0]
 
-            async def ratios() -> dict[str, float] | None:
+            async def ratios() -> tuple[dict[str, float], dict[str, float]] | None:
                 # Traffic on two route groups while Prometheus scrapes and evaluates; every 10th
                 # poll (about 1/s), so the public per-IP limit (120/min) never answers 429.
                 if polls[0] % 10 == 0:
@@ -90,15 +90,17 @@ async def test_sli_rules_read_the_gateways_real_metrics(tmp_path: Path) -> None:
                 polls[0] += 1
                 try:
                     errors = await _query(prom, "route_group:taskbus_gateway_error_ratio:rate5m")
+                    slow = await _query(prom, "route_group:taskbus_gateway_slow_ratio:rate5m")
                 except httpx.HTTPError:
                     return None  # Prometheus still starting
-                return errors if {"auth", "tasks"} <= errors.keys() else None
+                # Both recording rules evaluated at least once (not always in the same second).
+                both = {"auth", "tasks"} <= errors.keys() and "auth" in slow
+                return (errors, slow) if both else None
 
-            errors = await eventually(ratios, within=60, what="the error-ratio SLI per group")
+            errors, slow = await eventually(ratios, within=60, what="the SLIs per group")
             assert errors["auth"] == 1.0
             assert errors["tasks"] == 1.0
             # Fast failures: the le="0.5" bucket holds every answer.
-            slow = await _query(prom, "route_group:taskbus_gateway_slow_ratio:rate5m")
             assert slow["auth"] == 0.0
             assert await _query(prom, 'up{job="taskbus"}') == {"": 1.0}
 
