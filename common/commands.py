@@ -277,3 +277,13 @@ class Policies:
     def get(self, producer: str) -> ProducerPolicy | None:
         """The producer's policy; None for a producer the file does not name."""
         return self.current().get(producer)
+
+    def allowed_command(self, producer: str, envelope: Envelope) -> Command:
+        """The typed command if its producer may send it; CommandRefusedError otherwise."""
+        policy = self.get(producer)
+        if policy is None:
+            raise CommandRefusedError(
+                403, "unknown-producer", "Unknown producer", "no policy names this producer"
+            )
+        policy.check(envelope)
+        return parse_command(envelope)

@@ -27,7 +27,6 @@ from common.commands import (
     Policies,
     RecordRef,
     SendNotification,
-    parse_command,
     parse_envelope,
 )
 from common.events import Envelope, Payload, answers_topic, new_event
@@ -83,13 +82,7 @@ class NotificationCommands:
         return answer.event_type
 
     async def _act(self, producer: str, command_key: str, envelope: Envelope) -> Payload:
-        policy = self.policies.get(producer)
-        if policy is None:
-            raise CommandRefusedError(
-                403, "unknown-producer", "Unknown producer", "no policy names this producer"
-            )
-        policy.check(envelope)
-        command = parse_command(envelope)
+        command = self.policies.allowed_command(producer, envelope)
         if not isinstance(command, SendNotification):
             raise TypeError(f"no notifier handler for {type(command).__name__}")
         user = envelope.subject

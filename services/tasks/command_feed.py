@@ -33,7 +33,7 @@ from common.kafka import ensure_topics, publish
 from common.outbox import OutboxSource
 from common.relay import OutboxRelay
 from services.tasks.commands import CommandHandler
-from services.tasks.events import backlog_full
+from services.tasks.events import backlog_full, relay_over
 from services.tasks.ledger import CommandLedger, UserDirectory
 from services.tasks.locks import DocLocks
 from services.tasks.quota import TaskQuota
@@ -104,16 +104,8 @@ def ledger_relay(
     ledger: CommandLedger, locks: DocLocks, broker: KafkaBroker, settings: TasksSettings
 ) -> OutboxRelay:
     """The relay of the command ledger's answers (its leases live with the task relay's)."""
-    return OutboxRelay(
-        [OutboxSource(ledger.collection)],
-        partial(publish, broker, settings),
-        locks.collection,
-        service="tasks-commands",
-        interval_s=settings.relay_interval_s,
-        batch=settings.relay_batch,
-        lease_s=settings.relay_lease_s,
-        backlog_every_s=settings.backlog_refresh_s,
-    )
+    source = OutboxSource(ledger.collection)
+    return relay_over(source, partial(publish, broker, settings), locks, settings, "tasks-commands")
 
 
 def command_loops(

@@ -29,7 +29,6 @@ from common.commands import (
     Policies,
     RecordRef,
     UpdateTask,
-    parse_command,
     parse_envelope,
 )
 from common.events import (
@@ -112,13 +111,7 @@ class CommandHandler:
             return await self._reject(producer, command_key, bug, envelope=envelope, ref=ref)
 
     async def _act(self, producer: str, command_key: str, envelope: Envelope, at_ms: int) -> str:
-        policy = self.policies.get(producer)
-        if policy is None:
-            raise CommandRefusedError(
-                403, "unknown-producer", "Unknown producer", "no policy names this producer"
-            )
-        policy.check(envelope)
-        command = parse_command(envelope)
+        command = self.policies.allowed_command(producer, envelope)
         owner = envelope.subject
         if not await self.users.known_by(owner, at_ms, _USER_WAIT_S):
             raise CommandRefusedError(

@@ -16,7 +16,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from common.events import TASKS_TOPIC, Envelope, Payload, new_event
 from common.kafka import publish
 from common.outbox import OutboxEntry, OutboxSource, entry
-from common.relay import OutboxRelay
+from common.relay import OutboxRelay, Publish
 from common.telemetry import current_traceparent
 from services.tasks.locks import DocLocks, write_key
 from services.tasks.settings import TasksSettings
@@ -57,11 +57,18 @@ def outbox_relay(
 
     # A deleted task stays as a tombstone holding task.deleted.v1 until that is published.
     source = OutboxSource(tasks, guard=guard, tombstone={"deleted": True})
+    return relay_over(source, partial(_counted_publish, broker, settings), locks, settings, "tasks")
+
+
+def relay_over(
+    source: OutboxSource, publish: Publish, locks: DocLocks, settings: TasksSettings, service: str
+) -> OutboxRelay:
+    """A relay of one source with the service's relay settings, leased in the locks collection."""
     return OutboxRelay(
         [source],
-        partial(_counted_publish, broker, settings),
+        publish,
         locks.collection,
-        service="tasks",
+        service=service,
         interval_s=settings.relay_interval_s,
         batch=settings.relay_batch,
         lease_s=settings.relay_lease_s,

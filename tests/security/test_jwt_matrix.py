@@ -28,20 +28,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 from common.problems import PROBLEM_JSON
 from common.tokens import ACCESS_TOKEN_TYPE, ALGORITHM
 from services.auth.keys import generate_key
-from tests.support.auth import register, signing_keys_env, unique_email
+from tests.support.auth import TOKEN_DOORS, register, signing_keys_env, unique_email
 from tests.support.mail import messages_to
 from tests.support.system import running_system
 from tests.support.tokens import SigningKey
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
-# Where each service reads a token: one authenticated GET per door.
-DOORS = {
-    "gateway": "/api/tasks",
-    "auth": "/api/auth/me",
-    "tasks": "/api/tasks",
-    "notifier": "/api/notifications/preferences",
-}
+DOORS = TOKEN_DOORS
 RESET_LINK = re.compile(r"https?://\S+?token=([A-Za-z0-9%_\-.~]+)")
 Headers = list[tuple[str, str]]
 

@@ -22,18 +22,13 @@ from gateway.settings import GatewaySettings
 from services.auth.keys import generate_key
 from tests.integration.test_gateway_proxy import assert_helmet
 from tests.security.test_bola_matrix import NO_CACHE, operations
-from tests.support.auth import bearer, register, signing_keys_env
+from tests.support.auth import TOKEN_DOORS, bearer, register, signing_keys_env
 from tests.support.servers import EchoUpstream
 from tests.support.system import running_system
 from tests.support.tokens import SigningKey
 
 pytestmark = pytest.mark.e2e
-DOORS = {
-    "gateway": "/api/tasks",
-    "auth": "/api/auth/me",
-    "tasks": "/api/tasks",
-    "notifier": "/api/notifications/preferences",
-}
+DOORS = TOKEN_DOORS
 # What a trace, a framework's debug page or a path on the host looks like in a body.
 OVERFLOW = {"title": "t", "due_at": "9999-12-31T23:59:59-23:59"}
 LEAK = re.compile(r"Traceback|File \"|\.py\b|site-packages|/work/|Exception|pydantic\.dev")

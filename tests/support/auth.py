@@ -61,3 +61,12 @@ async def register(
 def bearer(access_token: str) -> dict[str, str]:
     """The Authorization header for an access token."""
     return {"Authorization": f"Bearer {access_token}"}
+
+
+# Every process that reads an access token, and one authenticated GET on each (a door).
+TOKEN_DOORS = {
+    "gateway": "/api/tasks",
+    "auth": "/api/auth/me",
+    "tasks": "/api/tasks",
+    "notifier": "/api/notifications/preferences",
+}
